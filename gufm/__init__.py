@@ -1,0 +1,44 @@
+"""gufm: generalized unconstrained features models, certified global optima and neural collapse.
+
+Entry points::
+
+    prob = gufm.GUFM(counts=[50, 30, 20], dim=16, loss="ce", lam_W=5e-3)
+    res = gufm.solve(prob)                 # SolveResult: value, lower_bound, certified, W, ...
+    gufm.objective(prob, W, b, H)          # F at any point (numpy or torch)
+    gufm.metrics.collapse_report(H, y, W)  # NC1/NC2/NC3 variants
+    gufm.compare(model, dataset)           # a trained network against the GUFM optimum
+"""
+
+from importlib import import_module
+from typing import Any
+
+from .certificate import Certificate, certify
+from .objective import objective
+from .problem import GUFM
+from .result import SolveResult
+from .solvers import METHODS, solve
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "metrics": ("gufm.metrics", None),
+    "nets": ("gufm.nets", None),
+    "data": ("gufm.data", None),
+    "compare": ("gufm.compare", "compare"),
+    "collapse_report": ("gufm.metrics", "collapse_report"),
+    "CollapseAccumulator": ("gufm.streaming", "CollapseAccumulator"),
+}
+
+
+def __getattr__(name: str) -> Any:  # lazy: keep `import gufm` light (no torch.nn, no pandas)
+    if name in _LAZY:
+        mod, attr = _LAZY[name]
+        m = import_module(mod)
+        return m if attr is None else getattr(m, attr)
+    raise AttributeError(f"module 'gufm' has no attribute {name!r}")
+
+
+__all__ = [
+    "GUFM", "Certificate", "SolveResult", "METHODS", "certify", "objective", "solve",
+    "__version__", *_LAZY,
+]

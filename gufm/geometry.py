@@ -1,0 +1,50 @@
+"""Frames and bases used to build, embed and compare GUFM solutions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def helmert_basis(d: int, p: int | None = None) -> np.ndarray:
+    """First ``p`` columns of the orthonormal Helmert basis of :math:`\\mathbf 1^\\perp \\subset R^d`.
+
+    Column ``j`` (0-based) is :math:`(1,\\dots,1,-(j+1),0,\\dots,0)/\\sqrt{(j+1)(j+2)}` with
+    ``j+1`` ones.  Shape ``(d, p)``, ``p <= d - 1`` (default ``d - 1``).  Cost ``O(d p)``.
+    """
+    p = d - 1 if p is None else p
+    if not 0 <= p <= d - 1:
+        raise ValueError(f"p must lie in [0, d-1] = [0, {d - 1}], got {p}")
+    j = np.arange(1, p + 1)
+    rows = np.arange(d)[:, None]
+    B = np.where(rows < j[None, :], 1.0, 0.0) - np.where(rows == j[None, :], j[None, :], 0.0)
+    return B / np.sqrt(j * (j + 1.0))[None, :]
+
+
+def feature_basis(features: str, d: int, p: int) -> np.ndarray:
+    """Orthonormal ``(d, p)`` basis of the span used for ``p``-dimensional reduced solutions.
+
+    ``layernorm`` features live in :math:`\\mathbf 1^\\perp` (Helmert basis); the other models in
+    the first ``p`` coordinate axes.
+    """
+    if features == "layernorm":
+        return helmert_basis(d, p)
+    return np.eye(d, p)
+
+
+def simplex_etf(K: int, p: int | None = None) -> np.ndarray:
+    """Unit columns :math:`m_k` of a simplex ETF, :math:`m_k^\\top m_j = -1/(K-1)`, shape ``(p, K)``.
+
+    Needs ``p >= K - 1`` (default ``K - 1``); extra rows are zero.
+    """
+    p = K - 1 if p is None else p
+    if p < K - 1:
+        raise ValueError(f"a simplex ETF of K = {K} vectors needs p >= K - 1, got p = {p}")
+    C = helmert_basis(K, K - 1).T * np.sqrt(K / (K - 1.0))  # (K-1, K), Helmert rows ⟂ 1
+    out = np.zeros((p, K))
+    out[: K - 1] = C
+    return out
+
+
+def etf_gram(K: int) -> np.ndarray:
+    """:math:`E_K = (I - \\mathbf 1\\mathbf 1^\\top/K)/\\sqrt{K-1}`, the normalised simplex-ETF Gram."""
+    return (np.eye(K) - 1.0 / K) / np.sqrt(K - 1.0)
