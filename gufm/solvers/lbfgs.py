@@ -65,7 +65,7 @@ def lbfgs(
         # two-loop recursion
         q = g.copy()
         alphas = []
-        for s, y, r in zip(reversed(S), reversed(Yq), reversed(R)):
+        for s, y, r in zip(reversed(S), reversed(Yq), reversed(R), strict=True):
             a = r * float(s @ q)
             alphas.append(a)
             q -= a * y
@@ -73,7 +73,7 @@ def lbfgs(
             q *= float(S[-1] @ Yq[-1]) / float(Yq[-1] @ Yq[-1])
         else:
             q *= 1.0 / max(float(np.linalg.norm(g)), 1e-300)
-        for (s, y, r), a in zip(zip(S, Yq, R), reversed(alphas)):
+        for (s, y, r), a in zip(zip(S, Yq, R, strict=True), reversed(alphas), strict=True):
             bcoef = r * float(y @ q)
             q += (a - bcoef) * s
         d = -q
