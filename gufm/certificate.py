@@ -73,12 +73,6 @@ class Certificate:
     reason: str = ""
 
 
-def _project_zero_row_sum(prob: GUFM, Y: np.ndarray) -> tuple[np.ndarray, str]:
-    """Enforce ``Y 1 = 0`` (unpenalised bias) by removing the row means; check the CE domain."""
-    Y = Y - Y.mean(1, keepdims=True)
-    return Y, ""
-
-
 def certify(prob: GUFM, Z: Array, b: Array | None = None) -> Certificate:
     """Build the dual certificate at the point with group logits ``Z + b 1ᵀ``.
 
@@ -104,7 +98,9 @@ def certify(prob: GUFM, Z: Array, b: Array | None = None) -> Certificate:
     Y = weighted_loss_grad(prob.loss, logits, Q, p)
     reason = ""
     if prob.has_bias and prob.lam_b == 0:
-        Y, reason = _project_zero_row_sum(prob, Y)
+        # unpenalised bias: the dual requires Y 1 = 0 exactly; remove the row means (column
+        # sums stay zero, so CE's s_g keep summing to one; the domain is re-checked by g*)
+        Y = Y - Y.mean(1, keepdims=True)
     lam2 = 2.0 * prob.lam_W
     YtY = (Y.T @ Y) / lam2
 

@@ -58,7 +58,9 @@ def _check_inputs(prob: GUFM, W: Array, b: Array | None, H: Array) -> None:
     if tuple(W.shape) != (prob.K, prob.dim):
         raise ValueError(f"W must have shape (K, dim) = ({prob.K}, {prob.dim}), got {tuple(W.shape)}")
     if H.ndim != 2 or H.shape[0] != prob.dim:
-        raise ValueError(f"H must have shape (dim, N) or (dim, G) with dim = {prob.dim}, got {tuple(H.shape)}")
+        raise ValueError(
+            f"H must have shape (dim, N) or (dim, G) with dim = {prob.dim}, got {tuple(H.shape)}"
+        )
     if prob.has_bias:
         if b is None:
             raise ValueError("b is required: the problem has a bias (lam_b is not None)")
