@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,6 +207,8 @@ def solve_gradient(
     rtol: float = RTOL,
     atol: float = ATOL,
     x0: tuple | None = None,
+    symmetry: bool = True,
+    threads: int | None = None,
 ) -> SolveResult:
     """Solve the reduced GUFM by L-BFGS, certify, and escape saddles until certified.
 
@@ -231,8 +234,65 @@ def solve_gradient(
         with torch in float64 on that device.
     x0 : tuple (W, b, H), optional
         Warm start in ``d`` dimensions (``H`` of shape (d, G)); overrides ``init``.
+    symmetry : bool
+        First solve over the family invariant under permutations of equal-count classes
+        (:mod:`gufm.solvers.symmetric`), lift, and return it if the full certificate holds;
+        otherwise use it as the warm start.
+    threads : int, optional
+        BLAS/torch threads during the solve.  Default: 1 for small problems (``K p < 4e4``,
+        where threading only adds overhead and oversubscription can cost 10x), else unchanged.
     """
+    small = prob.K * min(prob.m, prob.K + prob.G) < 40000
+    n_threads = threads if threads is not None else (1 if small else None)
+    with _limit_threads(n_threads):
+        return _solve_gradient(prob, p=p, init=init, seed=seed, gtol=gtol, maxiter=maxiter,
+                               max_escapes=max_escapes, restarts=restarts, device=device,
+                               rtol=rtol, atol=atol, x0=x0, symmetry=symmetry)
+
+
+@contextmanager
+def _limit_threads(n: int | None):
+    if n is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts, device,
+                    rtol, atol, x0, symmetry) -> SolveResult:
     t0 = time.perf_counter()
+    sym_info: dict = {}
+    if x0 is None and symmetry and device is None:
+        from .symmetric import solve_symmetric
+
+        sym = solve_symmetric(prob, seed=seed)
+        if sym is not None:
+            Ws, bs, Hs, sym_info = sym
+            E = feature_basis(prob.features, prob.dim, Ws.shape[1])
+            W, H = Ws @ E.T, E @ Hs
+            value = float(objective(prob, W, bs, H, check_feasible=False))
+            cert = certify(prob, Ws @ Hs, bs)
+            sym_info["sym_lower_bound"] = cert.lower_bound
+            if value - cert.lower_bound <= atol + rtol * abs(value):
+                return SolveResult(
+                    problem=prob, value=value, lower_bound=cert.lower_bound, W=W, b=bs,
+                    class_features=H, method="gradient", seconds=time.perf_counter() - t0,
+                    stop_reason="certified (symmetry-reduced)", certificate=cert,
+                    info={"symmetry_reduced": True, "p": Ws.shape[1], "escapes": 0,
+                          "restarts": 0, "iterations": sym_info["sym_iterations"],
+                          "device": "numpy", **sym_info},
+                    rtol=rtol, atol=atol,
+                )
+            x0 = (W, bs, H)
     rng = np.random.default_rng(seed)
     p_max = min(prob.m, prob.K + prob.G)
     if p is None:
@@ -299,7 +359,7 @@ def solve_gradient(
         method="gradient", seconds=time.perf_counter() - t0,
         stop_reason=reason if reason == "certified" else f"{reason}; best of {len(history)} rounds",
         certificate=cert,
-        info={"p": pused, "escapes": escapes, "restarts": restarts_done, "iterations": nit,
+        info={"symmetry_reduced": False, **sym_info, "p": pused, "escapes": escapes, "restarts": restarts_done, "iterations": nit,
               "nfev": param.nfev, "rounds": history, "device": device or "numpy"},
         rtol=rtol, atol=atol,
     )

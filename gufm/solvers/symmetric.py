@@ -1,0 +1,174 @@
+r"""Exact symmetry reduction for hard labels with repeated class counts.
+
+Classes with equal counts are exchangeable, so the convex relaxation (spec section 4) has an
+optimum invariant under permuting them.  We search that invariant family directly: classes are
+grouped into *types* ``t`` (equal counts ``n_t``, multiplicity ``m_t``) and, for class ``k`` of
+type ``t``,
+
+.. math::
+
+    h_k = \big(u_t,\; a_t s_k\big), \qquad w_k = \big(v_t,\; c_t s_k\big),
+
+with shared type vectors :math:`u_t, v_t \in R^q` and, for each type, unit vectors
+:math:`s_k` forming a simplex ETF of :math:`m_t` vectors in a private :math:`(m_t-1)`-dimensional
+block (:math:`s_j^\top s_k = -1/(m_t - 1)` within a type, ``0`` across types).  The logits of a
+class of type ``t`` are then :math:`z_{own} = v_t^\top u_t + c_t a_t`, :math:`m_t - 1` copies of
+:math:`z_{same} = v_t^\top u_t - c_t a_t/(m_t - 1)` and :math:`m_{t'}` copies of
+:math:`v_{t'}^\top u_t` for each other type, so the objective costs ``O(T^2 q)`` instead of
+``O(K^2 p)``.  The reduced optimum is lifted to all K classes and **certified with the full K x K
+dual certificate**; nothing is assumed about the symmetric point being optimal — when the
+certificate fails, the caller falls back to the general solver from this warm start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..geometry import simplex_etf
+from ..problem import GUFM
+from .lbfgs import lbfgs
+
+
+@dataclass
+class Types:
+    """Class types of a hard-label problem (equal counts)."""
+
+    counts: np.ndarray  # n_t, shape (T,)
+    mult: np.ndarray  # m_t, shape (T,)
+    of_class: np.ndarray  # type of each class, shape (K,)
+
+    @property
+    def T(self) -> int:
+        return int(self.counts.shape[0])
+
+
+def class_types(prob: GUFM) -> Types | None:
+    """Types of equal-count classes, or None for soft labels."""
+    if not prob.hard_labels:
+        return None
+    uniq, inv, mult = np.unique(prob.groups.counts, return_inverse=True, return_counts=True)
+    return Types(uniq.astype(float), mult.astype(np.int64), inv.reshape(-1))
+
+
+def shared_dim(prob: GUFM, types: Types) -> int:
+    """Dimension ``q`` of the shared block: ``min(2T, m - (K - T))`` (0 if it does not fit)."""
+    return max(0, min(2 * types.T, prob.m - (prob.K - types.T)))
+
+
+class _SymParam:
+    def __init__(self, prob: GUFM, types: Types, q: int):
+        self.prob, self.types, self.q = prob, types, q
+        T = types.T
+        self.T = T
+        self.has_a = torch.tensor(types.mult >= 2, dtype=torch.float64)
+        self.mult = torch.tensor(types.mult, dtype=torch.float64)
+        self.wt = torch.tensor(types.mult * types.counts / prob.N, dtype=torch.float64)
+        self.slack = prob.features == "ball"
+        r = q + 1 + (1 if self.slack else 0)  # feature vector [u_t, a_t, (slack)]
+        self.sizes = [q * T, T, r * T] + ([T] if prob.has_bias else [])
+        self.r = r
+
+    def split(self, x: torch.Tensor):
+        parts = torch.split(x, self.sizes)
+        V = parts[0].reshape(self.q, self.T)
+        c = parts[1] * self.has_a
+        F = parts[2].reshape(self.r, self.T)
+        b = parts[3] if self.prob.has_bias else None
+        return V, c, F, b
+
+    def features(self, F: torch.Tensor):
+        mask = torch.ones(self.r, 1, dtype=F.dtype)
+        mask[self.q] = 0
+        F = F * mask + F * (1 - mask) * self.has_a  # a_t exists only when m_t >= 2
+        if self.prob.features == "penalty":
+            return F[: self.q], F[self.q]
+        Fn = self.prob.rho * F / F.norm(dim=0)
+        return Fn[: self.q], Fn[self.q]
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        prob, m = self.prob, self.mult
+        V, c, F, b = self.split(x)
+        U, a = self.features(F)
+        S = V.T @ U  # S[t', t] = v_t'^T u_t
+        if b is not None:
+            S = S + b[:, None]
+        diag = torch.diagonal(S)
+        inner = c * a
+        z_own = diag + inner
+        z_same = diag - inner / torch.clamp(m - 1, min=1)
+        eye = torch.eye(self.T, dtype=S.dtype)
+        mult_other = (m[:, None] * (1 - eye))  # multiplicity of S[t', t], t' != t
+        if prob.loss == "ce":
+            # logsumexp over {other types (m_t'), same type (m_t - 1), own (1)}
+            zmax = torch.maximum(S.max(0).values, z_own)
+            terms = (mult_other * torch.exp(S - zmax)).sum(0) + (m - 1) * torch.exp(
+                z_same - zmax) + torch.exp(z_own - zmax)
+            per_class = torch.log(terms) + zmax - z_own
+        else:
+            per_class = 0.5 * ((z_own - 1) ** 2 + (m - 1) * z_same**2
+                               + (mult_other * S**2).sum(0))
+        val = (self.wt * per_class).sum()
+        val = val + prob.lam_W / 2 * (m * ((V**2).sum(0) + c**2)).sum()
+        if b is not None:
+            val = val + prob.lam_b / 2 * (m * b**2).sum()
+        if prob.features == "penalty":
+            n = torch.tensor(self.types.counts, dtype=S.dtype)
+            val = val + prob.lam_H / 2 * (m * n * ((U**2).sum(0) + a**2)).sum()
+        return val
+
+    def fun(self, x: np.ndarray):
+        xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        v = self.value(xt)
+        (g,) = torch.autograd.grad(v, xt)
+        return float(v.detach()), g.numpy()
+
+    def lift(self, x: np.ndarray):
+        """Full ``(W, b, H)`` in ``R^p``, ``p = q + sum_t (m_t - 1)``."""
+        types, K = self.types, self.prob.K
+        xt = torch.tensor(x, dtype=torch.float64)
+        with torch.no_grad():
+            V, c, F, b = self.split(xt)
+            U, a = self.features(F)
+        V, c, U, a = V.numpy(), c.numpy(), U.numpy(), a.numpy()
+        p = self.q + int((types.mult - 1).sum())
+        W = np.zeros((K, p))
+        H = np.zeros((p, K))
+        off = self.q
+        for t in range(types.T):
+            idx = np.flatnonzero(types.of_class == t)
+            W[idx, : self.q] = V[:, t]
+            H[: self.q, idx] = U[:, [t]]
+            mt = len(idx)
+            if mt >= 2:
+                Sx = simplex_etf(mt)  # (mt - 1, mt)
+                W[idx, off : off + mt - 1] = c[t] * Sx.T
+                H[off : off + mt - 1, idx] = a[t] * Sx
+                off += mt - 1
+        bb = None if b is None else b.numpy()[types.of_class]
+        return W, bb, H
+
+
+def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-12, maxiter: int = 20000):
+    """Optimise over the symmetric family and lift; returns ``(W, b, H, info)`` in ``R^p``
+    coordinates (``p <= m``), or ``None`` when the reduction does not apply or does not fit."""
+    types = class_types(prob)
+    if types is None or types.T == prob.K:
+        return None
+    q = shared_dim(prob, types)
+    if q < 1:
+        return None
+    par = _SymParam(prob, types, q)
+    rng = np.random.default_rng(seed)
+    x0 = np.concatenate([
+        rng.standard_normal(q * types.T) * 0.1,
+        np.ones(types.T),
+        np.vstack([rng.standard_normal((q, types.T)) * 0.3, np.ones((par.r - q, types.T))]).ravel(),
+        np.zeros(types.T) if prob.has_bias else np.zeros(0),
+    ])
+    res = lbfgs(par.fun, x0, gtol=gtol, maxiter=maxiter)
+    W, b, H = par.lift(res.x)
+    return W, b, H, {"types": types.T, "q": q, "sym_iterations": res.nit,
+                     "sym_message": res.message, "sym_value": res.fun}
