@@ -67,3 +67,66 @@ def finite(x: Array) -> bool:
     if is_torch(x):
         return bool(torch.isfinite(x).all())
     return bool(np.all(np.isfinite(x)))
+
+
+def namespace(x: Array) -> Any:
+    """The module (``torch`` or ``numpy``) whose functions operate on ``x``.
+
+    Only for functions with the same signature in both (``where``, ``sqrt``, ``abs``, ...).
+    """
+    return torch if is_torch(x) else np
+
+
+def eps(x: Array) -> float:
+    """Machine epsilon of the floating dtype of ``x``."""
+    if is_torch(x):
+        return float(torch.finfo(x.dtype).eps)
+    return float(np.finfo(np.asarray(x).dtype).eps)
+
+
+def zeros(shape: tuple[int, ...], like: Array) -> Array:
+    """Zeros of ``shape`` with the framework, dtype and device of ``like``."""
+    if is_torch(like):
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return np.zeros(shape, dtype=like.dtype)
+
+
+def svd(x: Array) -> tuple[Array, Array, Array]:
+    """Thin SVD ``x = U diag(S) Vh`` (singular values descending)."""
+    if is_torch(x):
+        return torch.linalg.svd(x, full_matrices=False)
+    return np.linalg.svd(x, full_matrices=False)
+
+
+def as_index(idx: Array, like: Array) -> Array:
+    """Integer indices ``idx`` as an index array of the framework (and device) of ``like``."""
+    if is_torch(like):
+        if is_torch(idx):
+            return idx.to(device=like.device, dtype=torch.long)
+        return torch.as_tensor(np.asarray(idx, dtype=np.int64), device=like.device)
+    return np.asarray(to_numpy(idx), dtype=np.intp)
+
+
+def segment_sum(x: Array, idx: Array, n: int, axis: int = -1) -> Array:
+    """Sum the slices of ``x`` along ``axis`` into ``n`` bins: ``out[..., k] = sum_{idx_i = k} x[..., i]``.
+
+    ``idx`` holds integers in ``[0, n)`` (an index array of ``x``'s framework, see
+    :func:`as_index`).  ``x`` is 1-d or 2-d.  Cost: one pass over ``x`` (torch ``index_add_``;
+    numpy ``bincount`` or a sparse indicator product, never the slow ``np.add.at``).
+    """
+    axis = axis % x.ndim
+    if is_torch(x):
+        shape = list(x.shape)
+        shape[axis] = n
+        return torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(axis, idx, x)
+    if x.ndim == 1:
+        return np.bincount(idx, weights=x, minlength=n).astype(x.dtype, copy=False)
+    import scipy.sparse
+
+    m = x.shape[axis]
+    ind = scipy.sparse.csr_array(
+        (np.ones(m, dtype=x.dtype), (idx, np.arange(m))), shape=(n, m)
+    )
+    if axis == 1:
+        return np.asarray((ind @ x.T).T)
+    return np.asarray(ind @ x)

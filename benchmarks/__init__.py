@@ -1,0 +1,1 @@
+"""gufm benchmark suite: `python -m benchmarks run [--quick] [--out FILE.json]`."""

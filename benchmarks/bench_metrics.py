@@ -1,0 +1,206 @@
+"""Metrics benchmark (issue 3): a full streamed collapse report against one read of the data.
+
+    python -m benchmarks.bench_metrics [--n 1000000] [--d 512] [--k 10] [--quick]
+                                       [--threads T] [--device cpu|cuda]
+                                       [--out benchmarks/results/metrics.json]
+
+The features (N x d float32, built batch by batch and kept in memory as a list of row-major
+batches: a source that can be read twice may be read twice) are reported three ways, in the
+same process:
+
+* ``stream_2pass``: :func:`gufm.streaming.stream_report` with ``passes=2`` (memory O(Kd), the
+  default for data that can be re-read);
+* ``stream_1pass``: the one-pass ``d x d`` scatter (what a forward hook during training uses);
+* ``baseline``: plain numpy as published validation scripts do it — concatenate all features,
+  ``np.cov`` per class for Sigma_W, a ``d x d`` pseudo-inverse of Sigma_B (top K-1 eigenpairs,
+  as Papyan et al.'s script; ``np.linalg.pinv`` with its default cut-off is recorded too).
+
+Against "one read" of the same arrays: a numpy sum (single-threaded, the brief's yardstick)
+and a torch sum (multi-threaded); ``read_seconds`` is the faster, i.e. the machine's memory
+bandwidth.  Ratios: ``stream / read`` (goal: within 3x) and ``baseline / stream``.  Every
+timing is the best of ``repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks._common import machine, write_json
+from gufm import metrics as M
+from gufm._backend import to_numpy
+from gufm.streaming import stream_report
+
+
+def make_batches(n: int, d: int, k: int, batch: int, seed: int = 0, device: str = "cpu"
+                 ) -> tuple[list[tuple[Any, Any]], np.ndarray]:
+    """``n`` float32 features in row-major batches: class mean (scale 3) + unit noise + offset.
+
+    numpy arrays on the CPU, torch tensors on another ``device``.
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
+    means = (3 * torch.randn(k, d, generator=g, device=device) + 1.0).float()
+    out = []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        y = torch.randint(0, k, (b,), generator=g, device=device)
+        y[: min(b, k)] = torch.arange(min(b, k), device=device)  # every class present
+        H = torch.randn(b, d, generator=g, device=device).add_(means[y])
+        out.append((H.numpy(), y.numpy()) if device == "cpu" else (H, y))
+    W = (means - means.mean(0)).double().cpu().numpy()
+    W = W + 0.1 * np.random.default_rng(seed).standard_normal((k, d))
+    return out, W
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def numpy_read(batches: list) -> float:
+    return float(sum(h.sum(dtype=np.float32) for h, _ in batches))
+
+
+def torch_read(batches: list) -> float:
+    return float(sum(torch.as_tensor(h).sum() for h, _ in batches))
+
+
+def baseline_report(batches: list, W: np.ndarray) -> dict[str, float]:
+    """Plain numpy, as published validation scripts: all features in memory, np.cov, pinv."""
+    H = np.concatenate([h for h, _ in batches])  # (N, d)
+    y = np.concatenate([yy for _, yy in batches])
+    N, d = H.shape
+    K = W.shape[0]
+    muG = H.mean(0, dtype=np.float64)
+    means, Sw, var = [], np.zeros((d, d)), []
+    for k in range(K):
+        Hk = H[y == k]
+        means.append(Hk.mean(0, dtype=np.float64))
+        Ck = np.cov(Hk, rowvar=False, bias=True)  # float64 (d, d)
+        Sw += Ck * len(Hk) / N
+        var.append(np.trace(Ck))
+    Mu = np.stack(means)  # (K, d)
+    Mc = Mu - muG
+    Sb = Mc.T @ Mc / K
+    # Papyan et al.'s script keeps the top K-1 eigenpairs of Sigma_B (scipy svds, k = K-1);
+    # a bare np.linalg.pinv(Sb) also inverts the rounding-level K-th direction when the means
+    # share a large offset, and its nc1 explodes (kept as "nc1_default_pinv" for the record)
+    lam, V = np.linalg.eigh(Sb)
+    lam, V = lam[-(K - 1):], V[:, -(K - 1):]
+    out = {"nc1": float(np.trace(Sw @ (V / lam) @ V.T) / K),
+           "nc1_trace_ratio": float(np.trace(Sw) / np.trace(Sb))}
+    nc1_default_pinv = float(np.trace(Sw @ np.linalg.pinv(Sb)) / K)
+    pairs = [(var[a] + var[b]) / (2 * np.sum((Mu[a] - Mu[b]) ** 2))
+             for a, b in itertools.combinations(range(K), 2)]
+    out["nc1_cdnv"] = float(np.mean(pairs))
+    E = (np.eye(K) - 1 / K) / np.sqrt(K - 1)
+    G = W @ W.T
+    out["nc2_classifier"] = float(np.linalg.norm(G / np.linalg.norm(G) - E))
+    G = Mc @ Mc.T
+    out["nc2_means"] = float(np.linalg.norm(G / np.linalg.norm(G) - E))
+    cos_sum = 0.0
+    for k in range(K):
+        Hk = H[y == k]
+        cos_sum += np.sum(Hk @ W[k] / (np.linalg.norm(Hk, axis=1) * np.linalg.norm(W[k])))
+    out["nc3"] = float(1 - cos_sum / N)
+    out["nc3_duality"] = float(np.linalg.norm(W / np.linalg.norm(W) - Mc / np.linalg.norm(Mc)))
+    out["nc1_default_pinv"] = nc1_default_pinv
+    return out
+
+
+def run(quick: bool = False, n: int | None = None, d: int = 512, k: int = 10,
+        batch: int = 65_536, repeats: int | None = None, baseline: bool = True,
+        device: str = "cpu", threads: int | None = None) -> dict:
+    """Run the benchmark; ``quick``: N = 10^5 (a few seconds).  Returns the JSON payload.
+
+    ``device="cuda"`` keeps the batches on the GPU (no numpy read, no numpy baseline);
+    ``threads`` sets torch's intra-op threads for the run.
+    """
+    n = n if n is not None else (100_000 if quick else 1_000_000)
+    repeats = repeats if repeats is not None else 3
+    if threads is not None:
+        torch.set_num_threads(threads)
+    on_cpu = device == "cpu"
+    t0 = time.perf_counter()
+    batches, W = make_batches(n, d, k, batch, device=device)
+    gen_s = time.perf_counter() - t0
+    nbytes = sum(h.nbytes for h, _ in batches)
+    print(f"metrics bench: N={n} d={d} K={k} float32 ({nbytes / 1e9:.2f} GB in "
+          f"{len(batches)} batches on {device}, built in {gen_s:.1f} s), torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+
+    _, th_read = best_of(lambda: torch_read(batches), repeats)
+    np_read = best_of(lambda: numpy_read(batches), repeats)[1] if on_cpu else None
+    read_s = min(th_read, np_read) if np_read is not None else th_read
+    rep2, s2 = best_of(lambda: stream_report(batches, k, W, passes=2), repeats)
+    rep1, s1 = best_of(lambda: stream_report(batches, k, W, passes=1), max(1, repeats - 1))
+    out: dict[str, Any] = {
+        "benchmark": "metrics", "machine": machine(),
+        "config": {"N": n, "d": d, "K": k, "batch": batch, "dtype": "float32",
+                   "bytes": nbytes, "repeats": repeats, "quick": quick, "device": device,
+                   "torch_threads": torch.get_num_threads()},
+        "read_numpy_seconds": np_read, "read_torch_seconds": th_read, "read_seconds": read_s,
+        "bandwidth_GBps": nbytes / read_s / 1e9,
+        "stream_2pass_seconds": s2, "stream_1pass_seconds": s1,
+        "ratio_stream_2pass_vs_read": s2 / read_s,
+        "ratio_stream_2pass_vs_numpy_read": s2 / np_read if np_read else None,
+        "ratio_stream_1pass_vs_read": s1 / read_s,
+        "within_3x_of_read": s2 / read_s <= 3.0,
+        "report_2pass": rep2, "report_1pass": rep1,
+        "max_rel_diff_1pass_vs_2pass": max(abs(rep1[m] - rep2[m]) / abs(rep2[m]) for m in rep2),
+    }
+    np_txt = f"numpy sum {np_read:.4f} s, " if np_read else ""
+    print(f"  one read: {np_txt}torch sum {th_read:.4f} s ({out['bandwidth_GBps']:.1f} GB/s)")
+    vs_np = f" ({s2 / np_read:.2f}x the numpy sum)" if np_read else ""
+    print(f"  streamed report, 2 passes: {s2:.4f} s = {s2 / read_s:.2f}x one read{vs_np}")
+    print(f"  streamed report, 1 pass (d x d scatter): {s1:.4f} s = {s1 / read_s:.2f}x")
+    if baseline and on_cpu:
+        repb, sb = best_of(lambda: baseline_report(batches, W), 1)
+        out.update({"baseline_seconds": sb, "ratio_baseline_vs_stream_2pass": sb / s2,
+                    "report_baseline": repb,
+                    "max_rel_diff_baseline_vs_2pass": max(abs(repb[m] - rep2[m]) / abs(rep2[m])
+                                                          for m in rep2)})
+        print(f"  baseline (np.cov + pinv, all in memory): {sb:.3f} s = "
+              f"{sb / s2:.1f}x the streamed report; max rel. difference "
+              f"{out['max_rel_diff_baseline_vs_2pass']:.1e} (nc1 with a bare np.linalg.pinv: "
+              f"{repb['nc1_default_pinv']:.3g} vs {rep2['nc1']:.3g})")
+    out["report_in_memory_check"] = None
+    if n <= 200_000:  # in-memory gufm on the same data (float64 copy), as a correctness check
+        H = np.concatenate([to_numpy(h) for h, _ in batches]).T.astype(np.float64)
+        y = np.concatenate([to_numpy(yy) for _, yy in batches])
+        ref = M.collapse_report(H, y, W)
+        out["report_in_memory_check"] = max(abs(ref[m] - rep2[m]) / abs(ref[m]) for m in ref)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=None, help="samples (default 10^6; quick 10^5)")
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=65_536)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--out", default=None, help="write the JSON here")
+    a = ap.parse_args(argv)
+    out = run(a.quick, n=a.n, d=a.d, k=a.k, batch=a.batch, repeats=a.repeats,
+              baseline=not a.no_baseline, device=a.device, threads=a.threads)
+    write_json(out, a.out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
