@@ -274,7 +274,7 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
     if x0 is None and symmetry and device is None:
         from .symmetric import solve_symmetric
 
-        sym = solve_symmetric(prob, seed=seed)
+        sym = solve_symmetric(prob, seed=seed, rtol=rtol / 10, atol=atol / 10)
         if sym is not None:
             Ws, bs, Hs, sym_info = sym
             E = feature_basis(prob.features, prob.dim, Ws.shape[1])
@@ -359,7 +359,8 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
         method="gradient", seconds=time.perf_counter() - t0,
         stop_reason=reason if reason == "certified" else f"{reason}; best of {len(history)} rounds",
         certificate=cert,
-        info={"symmetry_reduced": False, **sym_info, "p": pused, "escapes": escapes, "restarts": restarts_done, "iterations": nit,
-              "nfev": param.nfev, "rounds": history, "device": device or "numpy"},
+        info={"symmetry_reduced": False, **sym_info, "p": pused, "escapes": escapes,
+              "restarts": restarts_done, "iterations": nit, "nfev": param.nfev,
+              "rounds": history, "device": device or "numpy"},
         rtol=rtol, atol=atol,
     )

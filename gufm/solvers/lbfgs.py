@@ -39,6 +39,8 @@ def lbfgs(
     c1: float = 1e-4,
     stall: int = 5,
     noise: float = 1e-14,
+    callback: Callable[[np.ndarray, float], bool] | None = None,
+    callback_every: int = 50,
 ) -> LBFGSResult:
     """Minimise ``fun`` (returning value and gradient) from ``x0``.
 
@@ -46,7 +48,9 @@ def lbfgs(
     ``maxiter`` iterations, or when ``stall`` consecutive line searches fail to decrease ``f``
     ("no further decrease at float64 precision").  Within ``noise * max(1, |f|)`` of the
     current value, a step is accepted when it shrinks the gradient norm (Armijo cannot see
-    progress there), which lets the iteration reach gradients near 1e-13.
+    progress there), which lets the iteration reach gradients near 1e-13.  ``callback(x, f)`` is
+    called every ``callback_every`` iterations; returning True stops ("stopped by callback"),
+    which the solvers use to stop as soon as the dual certificate holds.
     """
     x = np.array(x0, dtype=float)
     f, g = fun(x)
@@ -58,6 +62,9 @@ def lbfgs(
     message = "maximum iterations reached"
     it = 0
     for it in range(1, maxiter + 1):  # noqa: B007 - it is reported
+        if callback is not None and it % callback_every == 0 and callback(x, f):
+            message = "stopped by callback"
+            break
         gn = float(np.abs(g).max())
         if gn <= gtol * max(1.0, abs(f)):
             message = "gradient tolerance reached"
