@@ -81,6 +81,8 @@ def feasibility_violation(prob: GUFM, H: Array) -> float:
     """
     if prob.features == "penalty":
         return 0.0
+    if is_torch(H):
+        H = H.detach()
     norms = (H**2).sum(0) ** 0.5
     rho = prob.rho
     if prob.features == "ball":
