@@ -1,0 +1,207 @@
+r"""Building blocks of the paper's networks: affine-free LayerNorm, attention, residual blocks.
+
+Two affine-free LayerNorms are used.  Inside the network (after the embedding and in the
+blocks) the standard one, :math:`\operatorname{LN}_\varepsilon(x) = (x-\bar x)/
+\sqrt{\operatorname{var}(x) + \varepsilon}` (:func:`torch.nn.functional.layer_norm`,
+``eps = ln_eps``, default ``1e-5``).  Before the classifier the *exact* one of the GUFM feature
+model (spec section 1), which is ``eps = 0``:
+
+.. math::
+
+    \operatorname{LN}(x) = \sqrt d\, \frac{x - \bar x\mathbf 1}{\lVert x - \bar x \mathbf 1\rVert},
+    \qquad \bar x = \tfrac1d \mathbf 1^\top x,
+
+i.e. :class:`torch.nn.LayerNorm` without affine parameters in the limit ``eps -> 0``.  Its output
+lies exactly on the sphere of radius :math:`\sqrt d` in :math:`\mathbf 1^\perp`.  The norm is
+computed as :math:`\sqrt{\max(\lVert x-\bar x\rVert^2, \tau^2)}` with a tiny :math:`\tau`, so a
+zero input maps to zero instead of NaN (the only point where the formula is undefined).
+``ln_eps=0`` uses the exact LayerNorm everywhere; it is singular at inputs
+:math:`x \approx \bar x\mathbf 1`, which an optimiser can exploit (a training sample whose
+embedding sits there can be given any feature at almost no cost), so the default keeps the
+standard ``eps`` inside the network.
+
+Blocks (width ``d``; no biases; every matrix is a parameter and is regularised by the trainer):
+
+(``LN`` below is :math:`\operatorname{LN}_\varepsilon`.)
+
+* :class:`RN1Block`  (L-RN1):  :math:`x \leftarrow \operatorname{LN}(x + V\,\mathrm{relu}(x))`
+* :class:`RN2Block`  (L-RN2):  :math:`x \leftarrow \operatorname{LN}(x + V_2\,\mathrm{relu}(V_1 x))`
+* :class:`PostLNBlock` (L-T11 / L-T12): :math:`x \leftarrow \operatorname{LN}(x + \mathrm{Attn}(x))`,
+  :math:`x \leftarrow \operatorname{LN}(x + \mathrm{MLP}(x))`
+* :class:`PreLNBlock` (pre-LN L-T11): :math:`x \leftarrow x + \mathrm{Attn}(\operatorname{LN}(x))`,
+  :math:`x \leftarrow x + \mathrm{MLP}(\operatorname{LN}(x))`
+
+with the one-layer MLP :math:`V\,\mathrm{relu}(x)` (``mlp_layers=1``) or the two-layer
+:math:`V_2\,\mathrm{relu}(V_1 x)` (``mlp_layers=2``), and single-head attention with query/key
+matrices and one merged value-output matrix :math:`V_{O}`:
+
+.. math::
+
+    \mathrm{Attn}(X) = \operatorname{softmax}\!\Big(\frac{(X Q^\top)(X K^\top)^\top}{\sqrt d}
+    + M\Big)\, X V_O^\top
+
+for tokens ``X`` of shape ``(T, d)`` and a key mask ``M`` (``-inf`` at padding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: floor of the centred norm inside :func:`sphere_layernorm` (avoids 0/0 at x = mean * 1)
+NORM_FLOOR = 1e-30
+
+
+def sphere_layernorm(x: Tensor, radius: float | None = None) -> Tensor:
+    r"""Affine-free LayerNorm with ``eps = 0``: :math:`\rho (x - \bar x)/\lVert x - \bar x\rVert`.
+
+    Parameters
+    ----------
+    x : Tensor, shape (..., d)
+    radius : float, optional
+        :math:`\rho`; default :math:`\sqrt d` (what :class:`torch.nn.LayerNorm` gives as
+        ``eps -> 0``).
+
+    Returns
+    -------
+    Tensor of the same shape, every row with mean 0 and norm ``radius`` (rows equal to a
+    multiple of the all-ones vector map to 0).
+    """
+    d = x.shape[-1]
+    rho = math.sqrt(d) if radius is None else float(radius)
+    xc = x - x.mean(dim=-1, keepdim=True)
+    sq = (xc * xc).sum(dim=-1, keepdim=True).clamp_min(NORM_FLOOR**2)
+    return xc * (rho * torch.rsqrt(sq))
+
+
+def layernorm(x: Tensor, eps: float) -> Tensor:
+    r"""Affine-free LayerNorm over the last axis: :math:`(x-\bar x)/\sqrt{\operatorname{var}(x)
+    + \varepsilon}` for ``eps > 0``, :func:`sphere_layernorm` for ``eps = 0``."""
+    if eps > 0:
+        return F.layer_norm(x, (x.shape[-1],), eps=eps)
+    return sphere_layernorm(x)
+
+
+class SphereLayerNorm(nn.Module):
+    """Module form of :func:`sphere_layernorm` (no parameters)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sphere_layernorm(x)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, radius=sqrt(dim), affine=False, eps=0"
+
+
+def _linear(d_in: int, d_out: int) -> nn.Linear:
+    return nn.Linear(d_in, d_out, bias=False)
+
+
+class MLP(nn.Module):
+    r"""``V relu(x)`` (one layer) or ``V2 relu(V1 x)`` (two layers), no biases."""
+
+    def __init__(self, width: int, layers: int = 1, hidden: int | None = None) -> None:
+        super().__init__()
+        if layers not in (1, 2):
+            raise ValueError(f"mlp_layers must be 1 or 2, got {layers!r}")
+        self.layers = layers
+        if layers == 1:
+            self.V = _linear(width, width)
+        else:
+            h = width if hidden is None else int(hidden)
+            self.V1 = _linear(width, h)
+            self.V2 = _linear(h, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.layers == 1:
+            return self.V(torch.relu(x))
+        return self.V2(torch.relu(self.V1(x)))
+
+
+class Attention(nn.Module):
+    r"""Single-head self-attention with query ``Q``, key ``K`` and merged value-output ``V_O``.
+
+    :math:`\mathrm{Attn}(X) = \operatorname{softmax}(X Q^\top K X^\top/\sqrt d + M)\, X V_O^\top`,
+    bidirectional (no causal mask); ``key_mask`` (B, T) with True at real tokens masks padding.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.Q = _linear(width, width)
+        self.K = _linear(width, width)
+        self.VO = _linear(width, width)
+        self.scale = 1.0 / math.sqrt(width)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        scores = (self.Q(x) @ self.K(x).transpose(-1, -2)) * self.scale  # (B, T, T)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
+        return torch.softmax(scores, dim=-1) @ self.VO(x)
+
+
+class RN1Block(nn.Module):
+    r"""L-RN1 block: :math:`x \leftarrow \operatorname{LN}(x + V\,\mathrm{relu}(x))`."""
+
+    def __init__(self, width: int, ln_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.mlp = MLP(width, 1)
+        self.ln_eps = ln_eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layernorm(x + self.mlp(x), self.ln_eps)
+
+
+class RN2Block(nn.Module):
+    r"""L-RN2 block: :math:`x \leftarrow \operatorname{LN}(x + V_2\,\mathrm{relu}(V_1 x))`."""
+
+    def __init__(self, width: int, hidden: int | None = None, ln_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.mlp = MLP(width, 2, hidden)
+        self.ln_eps = ln_eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layernorm(x + self.mlp(x), self.ln_eps)
+
+
+class PostLNBlock(nn.Module):
+    r"""Post-LN transformer block (L-T11 with ``mlp_layers=1``, L-T12 with 2).
+
+    :math:`x \leftarrow \operatorname{LN}(x + \mathrm{Attn}(x))`, then
+    :math:`x \leftarrow \operatorname{LN}(x + \mathrm{MLP}(x))`.
+    """
+
+    def __init__(self, width: int, mlp_layers: int = 1, hidden: int | None = None,
+                 ln_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.attn = Attention(width)
+        self.mlp = MLP(width, mlp_layers, hidden)
+        self.ln_eps = ln_eps
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        x = layernorm(x + self.attn(x, key_mask), self.ln_eps)
+        return layernorm(x + self.mlp(x), self.ln_eps)
+
+
+class PreLNBlock(nn.Module):
+    r"""Pre-LN transformer block (pre-LN L-T11 with ``mlp_layers=1``).
+
+    :math:`x \leftarrow x + \mathrm{Attn}(\operatorname{LN}(x))`, then
+    :math:`x \leftarrow x + \mathrm{MLP}(\operatorname{LN}(x))`; the model applies the final LN.
+    """
+
+    def __init__(self, width: int, mlp_layers: int = 1, hidden: int | None = None,
+                 ln_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.attn = Attention(width)
+        self.mlp = MLP(width, mlp_layers, hidden)
+        self.ln_eps = ln_eps
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(layernorm(x, self.ln_eps), key_mask)
+        return x + self.mlp(layernorm(x, self.ln_eps))
