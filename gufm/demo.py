@@ -53,8 +53,8 @@ def run_demo(out: str | Path = "gufm-demo", quick: bool = False) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# gufm demo", ""] + _solver_part()
-    depths = [1, 3] if quick else [1, 2, 5, 13]
-    epochs = 60 if quick else 400
+    depths = [1, 3] if quick else [1, 3, 8]
+    epochs = 60 if quick else 300
     table = out / "results.csv"
     df = pd.read_csv(table) if table.exists() else pd.DataFrame()
     done = set(df["depth"].unique()) if len(df) else set()
