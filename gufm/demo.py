@@ -17,6 +17,7 @@ import numpy as np
 import gufm
 
 from .cli import format_result
+from .solvers.gradient import limit_threads
 
 CONFIG = {"arch": "rn1", "width": 32, "dataset": "digits", "n_per_class": 30, "lam": 5e-3,
           "lr": 5e-3, "seed": 0}
@@ -63,7 +64,10 @@ def run_demo(out: str | Path = "gufm-demo", quick: bool = False) -> int:
         if L in done:
             print(f"  depth {L}: already in {table}, skipped", flush=True)
             continue
-        row = train_and_compare(depth=L, epochs=epochs, **CONFIG)
+        # tiny models: one thread (two threads on two busy cores can be 100x slower)
+        with limit_threads(1):
+            row = train_and_compare(depth=L, epochs=epochs, polish_steps=100 if quick else 500,
+                                    **CONFIG)
         new = pd.DataFrame([{**CONFIG, "depth": L, "epochs": epochs, "metric": k, "value": v}
                             for k, v in row.items()])
         df = pd.concat([df, new], ignore_index=True)

@@ -244,14 +244,15 @@ def solve_gradient(
     """
     small = prob.K * min(prob.m, prob.K + prob.G) < 40000
     n_threads = threads if threads is not None else (1 if small else None)
-    with _limit_threads(n_threads):
+    with limit_threads(n_threads):
         return _solve_gradient(prob, p=p, init=init, seed=seed, gtol=gtol, maxiter=maxiter,
                                max_escapes=max_escapes, restarts=restarts, device=device,
                                rtol=rtol, atol=atol, x0=x0, symmetry=symmetry)
 
 
 @contextmanager
-def _limit_threads(n: int | None):
+def limit_threads(n: int | None):
+    """Temporarily limit BLAS (threadpoolctl) and torch threads to ``n`` (``None``: no change)."""
     if n is None:
         yield
         return
