@@ -150,7 +150,8 @@ def scaling_K(quick: bool) -> dict[str, Any]:
         done_K: list[float] = []
         done_s: list[float] = []
         for K in Ks:
-            pred = predicted_seconds(done_K, done_s, K, default_slope=2.0)
+            # d = K + 1 grows with K: at least O(K^2) work (the certificate's eigenproblem: K^3)
+            pred = predicted_seconds(done_K, done_s, K, default_slope=2.0, min_slope=2.0)
             if pred > cap:
                 pts.append({"K": K, "skipped": f"predicted {pred:.0f} s > cap {cap:g} s"})
                 print(f"  {name} K={K}: skipped (predicted {pred:.0f} s)", flush=True)
