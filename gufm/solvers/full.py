@@ -105,6 +105,7 @@ def solve_full(
     target: float | None = None,
     seed: int = 0,
     memory: int = 10,
+    max_seconds: float | None = None,
     rtol: float = RTOL,
     atol: float = ATOL,
 ) -> SolveResult:
@@ -123,6 +124,8 @@ def solve_full(
         times ``1 + 1e-6``).
     memory : int
         L-BFGS history (each pair costs ``2 (K + N) d`` doubles).
+    max_seconds : float, optional
+        Wall-time budget; the stop reason says "time limit" when it ends the run.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -136,11 +139,19 @@ def solve_full(
         rng.standard_normal(param.q * N) * (1.0 if prob.features != "penalty" else 0.1),
     ])
     if optimizer == "lbfgs":
+        deadline = None if max_seconds is None else t0 + max_seconds
+
+        def out_of_time(x: np.ndarray, f: float) -> bool:
+            return deadline is not None and time.perf_counter() > deadline
+
         if target is None:
-            res = lbfgs(param.fun, x0, gtol=gtol, maxiter=maxiter, memory=memory)
+            res = lbfgs(param.fun, x0, gtol=gtol, maxiter=maxiter, memory=memory,
+                        callback=out_of_time, callback_every=1)
         else:  # stop at the target: wrap fun to raise once reached
-            res = _lbfgs_to_target(param.fun, x0, gtol, maxiter, memory, target)
+            res = _lbfgs_to_target(param.fun, x0, gtol, maxiter, memory, target, out_of_time)
         x, nit, msg = res.x, res.nit, res.message
+        if msg == "stopped by callback":
+            msg = f"time limit ({max_seconds} s)"
     else:
         x, _, nit, msg = _first_order(param.fun, x0, optimizer=optimizer, lr=lr,
                                       maxiter=maxiter, target=target, gtol=gtol)
@@ -171,7 +182,7 @@ class _Reached(Exception):
         self.x = x
 
 
-def _lbfgs_to_target(fun, x0, gtol, maxiter, memory, target):
+def _lbfgs_to_target(fun, x0, gtol, maxiter, memory, target, callback=None):
     calls = {"n": 0}
 
     def wrapped(x):
@@ -182,7 +193,8 @@ def _lbfgs_to_target(fun, x0, gtol, maxiter, memory, target):
         return f, g
 
     try:
-        return lbfgs(wrapped, x0, gtol=gtol, maxiter=maxiter, memory=memory)
+        return lbfgs(wrapped, x0, gtol=gtol, maxiter=maxiter, memory=memory, callback=callback,
+                     callback_every=1)
     except _Reached as r:
         from .lbfgs import LBFGSResult
 
