@@ -162,3 +162,10 @@ def test_auto_and_result_api():
         gufm.solve(prob, method="newton")
     with pytest.raises(ValueError, match="labels must lie"):
         res.features(np.array([0, 5]))
+
+
+def test_full_method_time_budget_is_reported():
+    prob = gufm.GUFM(counts=[40, 30, 20], dim=8, loss="ce", lam_W=5e-3)
+    res = gufm.solve(prob, method="full", max_seconds=0.0)
+    assert "time limit" in res.stop_reason
+    assert res.value >= gufm.solve(prob).lower_bound  # still a feasible, honestly valued point
