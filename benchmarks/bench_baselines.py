@@ -45,10 +45,9 @@ Ratios are baseline time / gufm time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,22 +76,7 @@ def rel(a: float, b: float) -> float:
     return (a - b) / max(abs(b), 1e-300)
 
 
-@contextlib.contextmanager
-def limit_threads(n: int | None) -> Iterator[None]:
-    """Limit BLAS and torch threads to ``n`` (no-op for ``None``)."""
-    if n is None:
-        yield
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        torch.set_num_threads(old)
+from gufm.solvers.gradient import limit_threads  # noqa: E402  (one implementation)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
