@@ -138,7 +138,7 @@ class _SymParam:
 
         g = self.fun(x)[1]
         op = sla.LinearOperator((x.size, x.size), matvec=lambda v: self.hessp(x, v), dtype=float)
-        d, _ = sla.minres(op, -g, maxiter=maxiter, rtol=1e-10)
+        d, _ = sla.minres(op, -g, maxiter=min(maxiter, x.size), rtol=1e-10)
         return x + d
 
     def lift(self, x: np.ndarray):
@@ -206,7 +206,7 @@ def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: i
     With ``rtol`` set, up to ``newton_steps`` Newton steps follow L-BFGS until the lifted
     point's dual certificate closes the gap to ``atol + rtol |F|``."""
     types = class_types(prob)
-    if types is None or types.T == prob.K:
+    if types is None or types.T > 0.75 * prob.K:  # too few ties to pay off
         return None
     q = shared_dim(prob, types)
     if q < 1:
