@@ -64,7 +64,7 @@ def loglog_slope(x: list[float], y: list[float]) -> float | None:
 
 def _slope_entry(curve: str, x: list[float], y: list[float]) -> dict[str, Any]:
     pts = [(a, b) for a, b in zip(x, y, strict=True) if b is not None]
-    rng = f"{min(a for a, _ in pts):g}–{max(a for a, _ in pts):g}" if pts else ""
+    rng = f"{min(a for a, _ in pts):,.0f}–{max(a for a, _ in pts):,.0f}" if pts else ""
     return {"curve": curve, "range": rng, "slope": loglog_slope(x, y), "points": len(pts)}
 
 
@@ -235,7 +235,7 @@ def plot(out: dict[str, Any], folder: Path, suffix: str = "") -> list[str]:
             P = [p for p in pts if "seconds" in p]
             ax.loglog([p["K"] for p in P], [p["seconds"] for p in P], "o-",
                       label=f"{name} counts")
-        ax.axhline(60, color="gray", lw=0.8, ls=":")
+        ax.axhline(60, color="gray", lw=0.8, ls=":", label="60 s")
         ax.set(xlabel="K (classes), d = K + 1", ylabel="seconds",
                title="certified solve against K")
         ax.legend()

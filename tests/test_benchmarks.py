@@ -207,6 +207,11 @@ def test_adapters_for_other_modules() -> None:
     assert rows[0]["ratio_is_bound"] and rows[0]["baseline_reached"] is False
     assert runner.extract_comparisons("solver", {"full_baseline": "garbage"}) == []
     assert runner.extract_comparisons("unknown", {"x": 1}) == []
+    payload = {"benchmarks": {"sweep": {"status": "ok", "result": sweep, "comparisons": []},
+                              "bad": {"status": "error", "result": None, "comparisons": []}}}
+    assert runner.refresh_comparisons(payload) is True
+    assert len(payload["benchmarks"]["sweep"]["comparisons"]) == 3
+    assert runner.refresh_comparisons(payload) is False
 
 
 def test_isolated_module_timeout_and_missing() -> None:
