@@ -79,7 +79,7 @@ def rel(a: float, b: float) -> float:
     return (a - b) / max(abs(b), 1e-300)
 
 
-from gufm.solvers.gradient import limit_threads  # noqa: E402  (one implementation)
+from gufm._util import limit_threads  # noqa: E402  (one implementation)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -132,7 +132,7 @@ def _run_full(prob: gufm.GUFM, optimizer: str, lr: float, maxiter: int, target: 
 
 def seconds_per_evaluation(prob: gufm.GUFM) -> float:
     """Time of one objective-and-gradient evaluation of the full-N baseline (best of 2)."""
-    from gufm.solvers.full import _FullParam
+    from gufm.solvers.full_n import _FullParam
 
     par = _FullParam(prob)
     x = np.random.default_rng(0).standard_normal(par.n)
@@ -264,7 +264,7 @@ def nuclear_norm_ufm(prob: gufm.GUFM, eps: float = 1e-7, max_iters: int = 100_00
     if Z.value is not None and status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
         Zv = np.asarray(Z.value)
         # recompute the objective from Z (the solver's own number is not trusted)
-        from gufm.losses import weighted_loss
+        from gufm.model.losses import weighted_loss
 
         lv = float(weighted_loss(prob.loss, Zv, Q, np.full(N, 1.0 / N)))
         s = np.linalg.svd(Zv, compute_uv=False)
@@ -341,9 +341,9 @@ def pymanopt_trust_regions(prob: gufm.GUFM, *, seed: int = 0, max_time: float = 
     import pymanopt
     from pymanopt.manifolds import Euclidean, Oblique, Product
 
-    from gufm.certificate import certify
-    from gufm.geometry import feature_basis
-    from gufm.objective import value_and_grad
+    from gufm.model.certificate import certify
+    from gufm.model.geometry import feature_basis
+    from gufm.model.objective import value_and_grad
 
     if prob.features not in ("layernorm", "sphere") or prob.has_bias:
         raise ValueError("the pymanopt baseline covers layernorm/sphere features without bias")
@@ -389,7 +389,7 @@ def pymanopt_trust_regions(prob: gufm.GUFM, *, seed: int = 0, max_time: float = 
     E = feature_basis(prob.features, prob.dim, m)
     value = float(gufm.objective(prob, Wr @ E.T, None, E @ Hr))  # checked feasible, in R^d
     cert = certify(prob, Wr @ Hr)
-    from gufm.result import ATOL, RTOL
+    from gufm.solvers.result import ATOL, RTOL
 
     gap = value - cert.lower_bound
     return {"seconds": seconds, "value": value, "lower_bound": cert.lower_bound, "gap": gap,
@@ -493,8 +493,8 @@ def metrics_numpy(quick: bool) -> dict[str, Any]:
     """Published-script metrics against gufm's in-memory and streamed reports."""
     import torch
 
-    from gufm.metrics import collapse_report
-    from gufm.streaming import stream_report
+    from gufm.collapse.metrics import collapse_report
+    from gufm.collapse.streaming import stream_report
 
     N, d, K = (20_000, 128, 10) if quick else (200_000, 512, 10)
     repeats = 2
@@ -565,7 +565,7 @@ def gpu(quick: bool, device: str = "cuda") -> dict[str, Any]:
 
     if device == "cuda" and not torch.cuda.is_available():
         return {"skipped": "no CUDA", "comparisons": []}
-    from gufm.streaming import stream_report
+    from gufm.collapse.streaming import stream_report
 
     dev = device
     name = torch.cuda.get_device_name(0) if dev == "cuda" else dev

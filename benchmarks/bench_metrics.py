@@ -34,8 +34,8 @@ import torch
 
 from benchmarks._common import machine, write_json
 from gufm import metrics as M
-from gufm._backend import to_numpy
-from gufm.streaming import stream_report
+from gufm.backend import to_numpy
+from gufm.collapse.streaming import stream_report
 
 
 def make_batches(n: int, d: int, k: int, batch: int, seed: int = 0, device: str = "cpu"

@@ -66,8 +66,8 @@ def lbfgs_implementations(K: int = 100) -> dict:
     """scipy's L-BFGS-B against gufm's L-BFGS on the same reduced objective (fixed iterations)."""
     import scipy.optimize
 
-    from gufm.solvers.gradient import _initial_point, _Param
     from gufm.solvers.lbfgs import lbfgs
+    from gufm.solvers.reduced import _initial_point, _Param
 
     prob = gufm.GUFM(counts=imbalanced_counts(K), dim=K + 1, loss="ce", lam_W=5e-3)
     par = _Param(prob, prob.m)

@@ -3,7 +3,7 @@ trained as one vectorised model (``gufm.vectorized``) against one at a time.
 
     python -m benchmarks.bench_sweep [--quick] [--out benchmarks/results/sweep.json]
 
-Every run is a real :func:`gufm.compare.train_and_compare` (tiny L-RN1 on digits).  The process
+Every run is a real :func:`gufm.deep.pipeline.train_and_compare` (tiny L-RN1 on digits).  The process
 pool's start-up (spawned workers import torch) is part of the ``jobs=2`` time: that is what a
 user waits for.  The vectorised comparison times the Adam phase (what is vectorised) and the
 whole train + polish + compare, on CUDA when available ("skipped: no CUDA" otherwise) and on the
@@ -24,7 +24,7 @@ from benchmarks._common import machine, write_json
 def sweep_throughput(jobs: int, depths: list[int], seeds: list[int], epochs: int,
                      width: int) -> dict[str, Any]:
     """Time one fresh sweep with ``jobs`` local processes; runs/minute."""
-    from gufm.sweep import expand_grid, run_sweep
+    from gufm.experiments.sweep import expand_grid, run_sweep
 
     specs = expand_grid("rn1", depths, seeds, "digits", width=width, n_per_class=10,
                         epochs=epochs, options={"polish_steps": epochs})
@@ -42,7 +42,7 @@ def pool_startup(jobs: int = 2) -> float:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from gufm.sweep import execute_task, expand_grid, toy_run
+    from gufm.experiments.sweep import execute_task, expand_grid, toy_run
 
     specs = expand_grid("rn1", list(range(1, jobs + 1)), [0])
     t0 = time.perf_counter()
@@ -56,11 +56,11 @@ def vectorized_vs_loop(device: str, seeds: int, depth: int, width: int, epochs: 
     """Adam phase and full train+compare: S seeds vectorised against S separate runs."""
     import torch
 
-    from gufm.compare import train_and_compare
-    from gufm.data import load_dataset
-    from gufm.nets import model_for
-    from gufm.training import train
-    from gufm.vectorized import stacked_adam, train_and_compare_seeds
+    from gufm.deep.data import load_dataset
+    from gufm.deep.nets import model_for
+    from gufm.deep.pipeline import train_and_compare, train_and_compare_seeds
+    from gufm.deep.training import train
+    from gufm.deep.vectorized import stacked_adam
 
     ds = load_dataset("digits", n_per_class=20)
     dev = torch.device(device)

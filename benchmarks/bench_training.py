@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from benchmarks._common import machine, write_json
-from gufm.data import load_dataset
-from gufm.nets import model_for
-from gufm.training import data_loss, full_objective, param_penalty
+from gufm.deep.data import load_dataset
+from gufm.deep.nets import model_for
+from gufm.deep.training import data_loss, full_objective, param_penalty
 
 ARCHS = ("rn1", "rn2", "t11", "t12", "preln-t11")
 DEPTH, WIDTH, LAM = 8, 64, 0.005

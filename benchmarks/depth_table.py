@@ -27,10 +27,10 @@ def run_depth(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train and compare one network (runs in a worker process, one torch thread)."""
     import torch
 
-    from gufm.compare import compare
-    from gufm.data import load_dataset
-    from gufm.nets import model_for
-    from gufm.training import train
+    from gufm.deep.data import load_dataset
+    from gufm.deep.nets import model_for
+    from gufm.deep.reduction import compare
+    from gufm.deep.training import train
 
     torch.set_num_threads(int(cfg.get("threads", 1)))
     t0 = time.perf_counter()

@@ -6,27 +6,34 @@ Entry points::
     res = gufm.solve(prob)                 # SolveResult: value, lower_bound, certified, W, ...
     gufm.objective(prob, W, b, H)          # F at any point (numpy or torch)
     gufm.metrics.collapse_report(H, y, W)  # NC1/NC2/NC3 variants
-    gufm.compare(model, dataset)           # a trained network against the GUFM optimum
+    gufm.compare(model, dataset, lam=...)  # a trained network against the GUFM optimum
+
+The package is layered; each folder imports only from the folders below it::
+
+    cli  ->  experiments  ->  deep  ->  collapse  ->  solvers  ->  model  ->  backend, _util
 """
 
 from importlib import import_module
 from typing import Any
 
-from .certificate import Certificate, certify
-from .objective import objective
-from .problem import GUFM
-from .result import SolveResult
-from .solvers import METHODS, solve
+from gufm.model.certificate import Certificate, certify
+from gufm.model.objective import objective
+from gufm.model.problem import GUFM
+from gufm.solvers import METHODS, solve
+from gufm.solvers.result import SolveResult
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "metrics": ("gufm.metrics", None),
+    "collapse": ("gufm.collapse", None),
     "nets": ("gufm.nets", None),
     "data": ("gufm.data", None),
-    "compare": ("gufm.compare", "compare"),
-    "collapse_report": ("gufm.metrics", "collapse_report"),
-    "CollapseAccumulator": ("gufm.streaming", "CollapseAccumulator"),
+    "deep": ("gufm.deep", None),
+    "experiments": ("gufm.experiments", None),
+    "compare": ("gufm.deep.reduction", "compare"),
+    "collapse_report": ("gufm.collapse.metrics", "collapse_report"),
+    "CollapseAccumulator": ("gufm.collapse.streaming", "CollapseAccumulator"),
 }
 
 

@@ -21,10 +21,10 @@ def depth_sweep() -> nbformat.NotebookNode:
             "# Depth sweeps: does the gap to the GUFM close with depth?\n\n"
             "The paper claims that deep regularised ResNets and transformers reduce to a GUFM: "
             "the end-to-end objective approaches the GUFM optimum and the features collapse as "
-            "the depth $L$ grows. `gufm.sweep` trains one network per (architecture, data set, "
+            "the depth $L$ grows. `gufm.experiments.sweep` trains one network per (architecture, data set, "
             "depth, seed), compares each with the GUFM optimum "
-            "(`gufm.compare.train_and_compare`) and records the results in a resumable "
-            "long-format table; `gufm.report` plots NC1-3 and the gap against $L$ and fits "
+            "(`gufm.deep.pipeline.train_and_compare`) and records the results in a resumable "
+            "long-format table; `gufm.experiments.report` plots NC1-3 and the gap against $L$ and fits "
             "log-log slopes.\n\n"
             "This notebook runs a **tiny** sweep (L-RN1 on 8x8 digits, width 8, 5 images per "
             "class, a few dozen optimiser steps) so that it executes in seconds; the numbers are "
@@ -34,8 +34,8 @@ def depth_sweep() -> nbformat.NotebookNode:
         new_code_cell(
             "import matplotlib\nmatplotlib.use('Agg')\n"
             "from IPython.display import Image, display\n"
-            "from gufm.sweep import expand_grid, run_sweep, load_table, wide_table\n"
-            "from gufm.report import make_report"
+            "from gufm.experiments.sweep import expand_grid, run_sweep, load_table, wide_table\n"
+            "from gufm.experiments.report import make_report"
         ),
         new_markdown_cell(
             "## 1. A grid of runs\n\n`expand_grid` validates everything before any run starts "

@@ -21,7 +21,8 @@ def solve_gufm() -> nbformat.NotebookNode:
         ),
         new_code_cell(
             "import numpy as np\nimport matplotlib\nmatplotlib.use('Agg')\n"
-            "import matplotlib.pyplot as plt\nimport gufm\nfrom gufm.closed_form import closed_form_value"
+            "import matplotlib.pyplot as plt\nimport gufm\n"
+            "from gufm.solvers.closed_form import closed_form_value"
         ),
         new_markdown_cell("## 1. Balanced classes: the simplex ETF and its closed form"),
         new_code_cell(

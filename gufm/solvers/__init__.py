@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..problem import GUFM
-from ..result import ATOL, RTOL, SolveResult
+from gufm.model.problem import GUFM
+from gufm.solvers.result import ATOL, RTOL, SolveResult
 
 METHODS = ("auto", "closed_form", "gradient", "sdp", "full")
 
@@ -46,27 +46,27 @@ def solve(prob: GUFM, method: str = "auto", *, rtol: float = RTOL, atol: float =
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     tol = {"rtol": rtol, "atol": atol}
     if method == "closed_form":
-        from ..closed_form import solve_closed_form
+        from gufm.solvers.closed_form import solve_closed_form
 
         return solve_closed_form(prob, **tol)
     if method == "gradient":
-        from .gradient import solve_gradient
+        from gufm.solvers.reduced import solve_gradient
 
         return solve_gradient(prob, **tol, **options)
     if method == "sdp":
-        from .sdp import solve_sdp
+        from gufm.solvers.sdp import solve_sdp
 
         return solve_sdp(prob, **tol, **options)
     if method == "full":
-        from .full import solve_full
+        from gufm.solvers.full_n import solve_full
 
         return solve_full(prob, **tol, **options)
     return _solve_auto(prob, tol, options)
 
 
 def _solve_auto(prob: GUFM, tol: dict, options: dict) -> SolveResult:
-    from ..closed_form import closed_form_kind, solve_closed_form
-    from .gradient import solve_gradient
+    from gufm.solvers.closed_form import closed_form_kind, solve_closed_form
+    from gufm.solvers.reduced import solve_gradient
 
     t0 = time.perf_counter()
     tried = []
@@ -81,7 +81,7 @@ def _solve_auto(prob: GUFM, tol: dict, options: dict) -> SolveResult:
     if not res.certified and prob.K + prob.G <= 60:
         # the SDP relaxation gives the tightest bound the convex relaxation can; keep the best
         # value and the best bound (both are valid for the same problem)
-        from .sdp import solve_sdp
+        from gufm.solvers.sdp import solve_sdp
 
         try:
             sdp = solve_sdp(prob, **tol)

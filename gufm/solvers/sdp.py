@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from ..certificate import certify
-from ..problem import GUFM
-from ..result import ATOL, RTOL, SolveResult
+from gufm.model.certificate import certify
+from gufm.model.problem import GUFM
+from gufm.solvers.result import ATOL, RTOL, SolveResult
 
 
 def _build(prob: GUFM):
@@ -145,9 +145,9 @@ def solve_sdp(
     info["sdp_lower_bound"] = cert.lower_bound
     r = min(prob.m, max(rank, 1))
     Wr, Hr = _round(prob, Mv, r)
-    from ..geometry import feature_basis
-    from ..objective import objective
-    from .gradient import solve_gradient
+    from gufm.model.geometry import feature_basis
+    from gufm.model.objective import objective
+    from gufm.solvers.reduced import solve_gradient
 
     E = feature_basis(prob.features, d, r)
     W, H = Wr @ E.T, E @ Hr

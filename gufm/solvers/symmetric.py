@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..geometry import simplex_etf
-from ..problem import GUFM
-from .lbfgs import lbfgs
+from gufm.model.geometry import simplex_etf
+from gufm.model.problem import GUFM
+from gufm.solvers.lbfgs import lbfgs
 
 
 @dataclass
@@ -183,12 +183,12 @@ def _etf_start(prob: GUFM, types: Types, par: _SymParam, rng: np.random.Generato
     U0[: U.shape[0]] = U
     a0 = np.sqrt(K / (K - 1.0) * (1.0 - 1.0 / m))
     if prob.features == "penalty":
-        from ..closed_form import penalty_ce_scales
+        from gufm.solvers.closed_form import penalty_ce_scales
 
         sw, sh = penalty_ce_scales(K, float(np.mean(types.counts)), prob.lam_W, prob.lam_H)
         sw, sh = max(sw, 1e-2), max(sh, 1e-2)
     else:
-        from ..closed_form import ce_etf_scale
+        from gufm.solvers.closed_form import ce_etf_scale
 
         sw, sh = ce_etf_scale(K, prob.rho, prob.lam_W), 1.0
     F = np.vstack([sh * U0, sh * a0[None, :], np.zeros((par.r - q - 1, T))])
@@ -216,7 +216,7 @@ def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: i
     res = lbfgs(par.fun, x0, gtol=gtol, maxiter=maxiter)
     x, newton = res.x, 0
     if rtol is not None:
-        from ..certificate import certify
+        from gufm.model.certificate import certify
 
         def gap(x: np.ndarray) -> tuple[float, float]:
             f = par.fun(x)[0]

@@ -1,0 +1,284 @@
+r"""The GUFM problem statement: validated data, hyper-parameters and the exact N -> K reduction.
+
+.. math::
+
+    F(W, b, H) = \frac1N \sum_i \ell(W h_i + b, y_i) + \frac{\lambda_W}{2}\lVert W\rVert_F^2
+                 + \frac{\lambda_b}{2}\lVert b\rVert^2 \;\big[+ \frac{\lambda_H}{2}\lVert H\rVert_F^2\big]
+
+with features ``H`` of shape ``(d, N)`` constrained by the feature model:
+
+* ``"layernorm"`` (default): :math:`\mathbf 1^\top h_i = 0,\ \lVert h_i\rVert = \rho` (the image of
+  LayerNorm without affine parameters; a (d-1)-dimensional sphere);
+* ``"sphere"``: :math:`\lVert h_i\rVert = \rho`;  ``"ball"``: :math:`\lVert h_i\rVert \le \rho`;
+* ``"penalty"``: unconstrained, with the :math:`\lambda_H` term (the classic UFM).
+
+Reduction (spec section 2): samples with the same label (or the same soft-label distribution)
+are merged into one *group* ``g`` with weight :math:`p_g = n_g/N` and target :math:`q_g`.  The
+reduced problem over one feature per group has the same optimal value; for ``penalty`` the
+feature term becomes :math:`\tfrac{\lambda_H}{2}\sum_g n_g \lVert h_g\rVert^2`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from gufm.backend import Array, is_torch, to_numpy
+from gufm.model.losses import check_loss
+
+FEATURE_MODELS = ("layernorm", "sphere", "ball", "penalty")
+
+
+def _check_lambda(name: str, value: float | None, *, allow_none: bool, positive: bool) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} is required")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if math.isnan(v) or math.isinf(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if v < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    if positive and v == 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The reduced data: one group per class (hard labels) or per distinct soft label.
+
+    Attributes
+    ----------
+    weights : ndarray, shape (G,)
+        :math:`p_g = n_g / N`, summing to one.
+    targets : ndarray, shape (K, G)
+        Column ``g`` is the label distribution :math:`q_g` of group ``g``.
+    counts : ndarray, shape (G,)
+        :math:`n_g`, the number of samples in group ``g``.
+    sample_group : ndarray of int, shape (N,)
+        Group index of every sample (in the order the samples were given).
+    """
+
+    weights: np.ndarray
+    targets: np.ndarray
+    counts: np.ndarray
+    sample_group: np.ndarray
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.weights.shape[0])
+
+
+def groups_from_counts(counts: np.ndarray) -> Groups:
+    """Groups for hard labels given as class counts; samples are ordered class by class."""
+    K = counts.shape[0]
+    N = int(counts.sum())
+    return Groups(
+        weights=counts / N,
+        targets=np.eye(K),
+        counts=counts.astype(np.int64),
+        sample_group=np.repeat(np.arange(K), counts),
+    )
+
+
+def groups_from_soft_labels(Q: np.ndarray) -> Groups:
+    """Group samples by identical label distribution (rows of ``Q``, shape (N, K))."""
+    uniq, inverse, counts = np.unique(Q, axis=0, return_inverse=True, return_counts=True)
+    N = Q.shape[0]
+    return Groups(
+        weights=counts / N,
+        targets=np.ascontiguousarray(uniq.T),
+        counts=counts.astype(np.int64),
+        sample_group=inverse.reshape(-1).astype(np.int64),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class GUFM:
+    """A generalized unconstrained features model instance.
+
+    Parameters
+    ----------
+    counts : sequence of int, optional
+        Class counts :math:`n_k` (hard labels, samples ordered class by class).
+    labels : array of int, shape (N,), optional
+        Per-sample hard labels in ``{0, ..., K-1}``.  ``num_classes`` sets K (default ``max+1``).
+    soft_labels : array, shape (N, K), optional
+        Per-sample label distributions (rows on the simplex).
+    dim : int
+        Feature dimension :math:`d \\ge 2`.
+    loss : {"ce", "mse"}
+    features : {"layernorm", "sphere", "ball", "penalty"}
+    radius : float, optional
+        :math:`\\rho`; ``None`` means :math:`\\sqrt d` (the LayerNorm radius).  Not used by
+        ``"penalty"``.
+    lam_W : float
+        Classifier weight decay :math:`\\lambda_W > 0`.
+    lam_b : float, optional
+        ``None``: no bias.  ``0``: unpenalised bias.  ``> 0``: penalised bias.
+    lam_H : float, optional
+        Feature penalty, required for (and only for) ``features="penalty"``.
+    num_classes : int, optional
+        K when ``labels`` are given and some top classes could be absent (they then raise).
+
+    Exactly one of ``counts``, ``labels`` and ``soft_labels`` must be given.
+    """
+
+    counts: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    soft_labels: np.ndarray | None = None
+    dim: int = 0
+    loss: str = "ce"
+    features: str = "layernorm"
+    radius: float | None = None
+    lam_W: float = 5e-3
+    lam_b: float | None = None
+    lam_H: float | None = None
+    num_classes: int | None = None
+    groups: Groups = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        given = [x is not None for x in (self.counts, self.labels, self.soft_labels)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of counts=, labels= or soft_labels=")
+        set_ = object.__setattr__
+        set_(self, "loss", check_loss(self.loss))
+        if self.features not in FEATURE_MODELS:
+            raise ValueError(f"features must be one of {FEATURE_MODELS}, got {self.features!r}")
+        if isinstance(self.dim, bool) or not float(self.dim).is_integer() or int(self.dim) < 2:
+            raise ValueError(f"dim must be an integer >= 2, got {self.dim!r}")
+        set_(self, "dim", int(self.dim))
+        set_(self, "lam_W", _check_lambda("lam_W", self.lam_W, allow_none=False, positive=True))
+        set_(self, "lam_b", _check_lambda("lam_b", self.lam_b, allow_none=True, positive=False))
+        if self.features == "penalty":
+            set_(self, "lam_H", _check_lambda("lam_H", self.lam_H, allow_none=False, positive=True))
+            if self.radius is not None:
+                raise ValueError("radius is not used by features='penalty'; leave it as None")
+        else:
+            if self.lam_H is not None:
+                raise ValueError(
+                    f"lam_H applies only to features='penalty', not {self.features!r}"
+                )
+            if self.radius is not None:
+                r = _check_lambda("radius", self.radius, allow_none=False, positive=True)
+                set_(self, "radius", r)
+        set_(self, "groups", self._make_groups())
+
+    # ------------------------------------------------------------------ data
+    def _make_groups(self) -> Groups:
+        if self.counts is not None:
+            c = np.asarray(to_numpy(self.counts))
+            if c.ndim != 1:
+                raise ValueError(f"counts must be one-dimensional, got shape {c.shape}")
+            if not np.all(np.isfinite(c)) or np.any(c != np.round(c)):
+                raise ValueError("counts must be non-negative integers")
+            if c.shape[0] < 2:
+                raise ValueError(f"counts: need K >= 2 classes, got K = {c.shape[0]}")
+            if np.any(c <= 0):
+                raise ValueError(f"counts: class {int(np.argmax(c <= 0))} is empty (count <= 0)")
+            c = c.astype(np.int64)
+            object.__setattr__(self, "counts", c)
+            return groups_from_counts(c)
+        if self.labels is not None:
+            y = np.asarray(to_numpy(self.labels))
+            if y.ndim != 1 or y.shape[0] == 0:
+                raise ValueError(f"labels must be a non-empty 1-d array, got shape {y.shape}")
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
+                raise ValueError("labels must be non-negative integers")
+            y = y.astype(np.int64)
+            K = int(y.max()) + 1 if self.num_classes is None else int(self.num_classes)
+            if K < 2:
+                raise ValueError(f"labels: need K >= 2 classes, got K = {K}")
+            if y.max() >= K:
+                raise ValueError(f"labels: label {int(y.max())} is >= num_classes = {K}")
+            c = np.bincount(y, minlength=K)
+            if np.any(c == 0):
+                raise ValueError(f"labels: class {int(np.argmax(c == 0))} is empty")
+            object.__setattr__(self, "labels", y)
+            object.__setattr__(self, "counts", c)
+            g = groups_from_counts(c)
+            return Groups(g.weights, g.targets, g.counts, y)
+        Q = np.asarray(to_numpy(self.soft_labels), dtype=float)
+        if Q.ndim != 2 or Q.shape[0] == 0:
+            raise ValueError(f"soft_labels must have shape (N, K), got {Q.shape}")
+        if Q.shape[1] < 2:
+            raise ValueError(f"soft_labels: need K >= 2 classes, got K = {Q.shape[1]}")
+        if not np.all(np.isfinite(Q)):
+            raise ValueError("soft_labels contains NaN or inf")
+        if np.any(Q < 0) or np.any(np.abs(Q.sum(1) - 1) > 1e-9):
+            raise ValueError(
+                "soft_labels: every row must be a probability distribution "
+                "(non-negative, summing to 1 within 1e-9)"
+            )
+        object.__setattr__(self, "soft_labels", Q)
+        return groups_from_soft_labels(Q)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def K(self) -> int:
+        """Number of classes."""
+        return int(self.groups.targets.shape[0])
+
+    @property
+    def N(self) -> int:
+        """Number of samples."""
+        return int(self.groups.counts.sum())
+
+    @property
+    def G(self) -> int:
+        """Number of groups of the reduced problem (K for hard labels)."""
+        return self.groups.n_groups
+
+    @property
+    def rho(self) -> float:
+        """Feature radius :math:`\\rho` (``sqrt(dim)`` by default); NaN for ``penalty``."""
+        if self.features == "penalty":
+            return math.nan
+        return math.sqrt(self.dim) if self.radius is None else float(self.radius)
+
+    @property
+    def m(self) -> int:
+        """Dimension of the feature subspace: ``d - 1`` for ``layernorm``, else ``d``."""
+        return self.dim - 1 if self.features == "layernorm" else self.dim
+
+    @property
+    def has_bias(self) -> bool:
+        return self.lam_b is not None
+
+    @property
+    def hard_labels(self) -> bool:
+        return self.soft_labels is None
+
+    @cached_property
+    def is_balanced(self) -> bool:
+        """Hard labels with equal class counts."""
+        return self.hard_labels and bool(np.all(self.groups.counts == self.groups.counts[0]))
+
+    def describe(self) -> dict:
+        """A JSON-friendly description of the instance."""
+        return {
+            "K": self.K, "N": self.N, "G": self.G, "dim": self.dim, "loss": self.loss,
+            "features": self.features, "rho": self.rho, "lam_W": self.lam_W,
+            "lam_b": self.lam_b, "lam_H": self.lam_H, "balanced": self.is_balanced,
+        }
+
+    def __repr__(self) -> str:
+        bits = ", ".join(f"{k}={v!r}" for k, v in self.describe().items())
+        return f"GUFM({bits})"
+
+    # ------------------------------------------------------------- lifting
+    def lift(self, class_features: Array) -> Array:
+        """Lift group features ``(d, G)`` to all samples ``(d, N)`` (sample order as given)."""
+        idx = self.groups.sample_group
+        if is_torch(class_features):
+            import torch
+
+            return class_features[:, torch.as_tensor(idx, device=class_features.device)]
+        return np.asarray(class_features)[:, idx]
