@@ -11,6 +11,9 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 
+from gufm.model.problem import GUFM
+from gufm.solvers import solve
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -20,13 +23,12 @@ def _ints(text: str) -> list[int]:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    import gufm
 
-    prob = gufm.GUFM(
+    prob = GUFM(
         counts=args.counts, dim=args.dim, loss=args.loss, features=args.features,
         radius=args.radius, lam_W=args.lam_w, lam_b=args.lam_b, lam_H=args.lam_h,
     )
-    res = gufm.solve(prob, method=args.method)
+    res = solve(prob, method=args.method)
     if args.json:
         print(json.dumps({k: res.to_dict()[k] for k in
                           ("value", "lower_bound", "gap", "certified", "method", "seconds")}))

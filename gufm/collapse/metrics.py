@@ -71,6 +71,8 @@ from gufm.backend import (
     zeros,
 )
 from gufm.model.geometry import etf_gram
+from gufm.model.problem import GUFM
+from gufm.solvers import solve
 
 __all__ = [
     "METRICS", "Metric", "CollapseStats", "collapse_stats", "collapse_report", "report_from_stats",
@@ -584,11 +586,10 @@ def reference_gram(reference: Any) -> np.ndarray:
 @functools.lru_cache(maxsize=32)
 def _solved_gram(counts: tuple[int, ...], dim: int, loss: str, lam_W: float,
                  lam_b: float | None, features: str, radius: float | None) -> np.ndarray:
-    import gufm
 
-    prob = gufm.GUFM(counts=np.asarray(counts), dim=dim, loss=loss, lam_W=lam_W, lam_b=lam_b,
+    prob = GUFM(counts=np.asarray(counts), dim=dim, loss=loss, lam_W=lam_W, lam_b=lam_b,
                      features=features, radius=radius)
-    return reference_gram(gufm.solve(prob, method="auto"))
+    return reference_gram(solve(prob, method="auto"))
 
 
 def _resolve_reference(counts: Array, d: int, *, loss: str, lam: float | None,
@@ -598,12 +599,11 @@ def _resolve_reference(counts: Array, d: int, *, loss: str, lam: float | None,
     if reference is not None:
         G = reference_gram(reference)
     elif problem is not None:
-        import gufm
 
         if problem.K != K or problem.dim != d:
             raise ValueError(f"problem has K = {problem.K}, dim = {problem.dim}; the features "
                              f"have K = {K}, d = {d}")
-        G = reference_gram(gufm.solve(problem, method="auto"))
+        G = reference_gram(solve(problem, method="auto"))
     elif lam is not None:
         c = tuple(int(round(float(v))) for v in to_numpy(counts))
         G = _solved_gram(c, int(d), loss, float(lam), None if lam_b is None else float(lam_b),

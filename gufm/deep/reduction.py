@@ -31,6 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from gufm.collapse.metrics import collapse_report
+from gufm.deep.training import full_objective, gradient_norms
+from gufm.model.objective import feasibility_violation, objective
+from gufm.model.problem import GUFM
+from gufm.solvers import solve
+
 #: keys of :func:`train_and_compare`'s dictionary (the depth sweeps rely on them)
 TRAIN_AND_COMPARE_KEYS = ("e2e_objective", "gufm_optimum", "gap", "head_objective", "nc1", "nc2",
                           "nc3", "gufm_distance", "train_accuracy", "grad_norm", "seconds")
@@ -165,11 +171,6 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
     ValueError
         Bad arguments, features off the sphere, classifier/bias mismatch.
     """
-    import gufm
-    from gufm.collapse.metrics import collapse_report
-    from gufm.deep.training import full_objective, gradient_norms
-    from gufm.model.objective import feasibility_violation
-
     t0 = time.perf_counter()
     if not (isinstance(lam, int | float) and math.isfinite(lam) and lam > 0):
         raise ValueError(f"lam must be a positive number, got {lam!r}")
@@ -198,11 +199,11 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
     labels = y.cpu().numpy()
     counts = np.bincount(labels, minlength=K)
     lam_b = float(lam) if bias else None
-    prob = gufm.GUFM(labels=labels, num_classes=K, dim=d, loss=loss, lam_W=float(lam),
+    prob = GUFM(labels=labels, num_classes=K, dim=d, loss=loss, lam_W=float(lam),
                      lam_b=lam_b)
     viol = float(feasibility_violation(prob, H))
-    head = float(gufm.objective(prob, W, b, H, check_feasible=True))
-    sol = gufm.solve(gufm.GUFM(counts=counts, dim=d, loss=loss, lam_W=float(lam), lam_b=lam_b),
+    head = float(objective(prob, W, b, H, check_feasible=True))
+    sol = solve(GUFM(counts=counts, dim=d, loss=loss, lam_W=float(lam), lam_b=lam_b),
                      **(solve_options or {}))
     opt, lb = float(sol.value), float(sol.lower_bound)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-import gufm
 from gufm._util import limit_threads
+from gufm.model.problem import GUFM
+from gufm.solvers import solve
 
 CONFIG = {"arch": "rn1", "width": 32, "dataset": "digits", "n_per_class": 30, "lam": 5e-3,
           "lr": 5e-3, "seed": 0}
@@ -24,15 +25,15 @@ CONFIG = {"arch": "rn1", "width": 32, "dataset": "digits", "n_per_class": 30, "l
 def _solver_part() -> list[str]:
     lines = ["## Solver", ""]
     cases = [
-        ("balanced CE (closed form)", gufm.GUFM(counts=[100] * 10, dim=16, loss="ce", lam_W=5e-3)),
-        ("imbalanced CE, bias", gufm.GUFM(counts=[500, 300, 120, 60, 20, 5], dim=8, loss="ce",
+        ("balanced CE (closed form)", GUFM(counts=[100] * 10, dim=16, loss="ce", lam_W=5e-3)),
+        ("imbalanced CE, bias", GUFM(counts=[500, 300, 120, 60, 20, 5], dim=8, loss="ce",
                                           lam_W=5e-3, lam_b=1e-2)),
-        ("imbalanced MSE", gufm.GUFM(counts=[40, 30, 20, 10], dim=8, loss="mse", lam_W=1e-2)),
+        ("imbalanced MSE", GUFM(counts=[40, 30, 20, 10], dim=8, loss="mse", lam_W=1e-2)),
         ("K=10 > d-1 (sphere, d=3): honest gap",
-         gufm.GUFM(counts=[5] * 10, dim=3, features="sphere", radius=2.0, lam_W=1e-2)),
+         GUFM(counts=[5] * 10, dim=3, features="sphere", radius=2.0, lam_W=1e-2)),
     ]
     for name, prob in cases:
-        res = gufm.solve(prob)
+        res = solve(prob)
         print(f"\n### {name}\n{res.summary()}", flush=True)
         lines.append(f"- **{name}**: value {res.value:.10g}, bound {res.lower_bound:.10g}, "
                      f"gap {res.gap:.2e}, certified {res.certified} ({res.method})")

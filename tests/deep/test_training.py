@@ -205,7 +205,7 @@ def test_violation_raises(monkeypatch):
         res.lower_bound += 10.0  # a "certified" bound above a feasible value: impossible
         return res
 
-    monkeypatch.setattr(gufm, "solve", wrong_solver)
+    monkeypatch.setattr(C, "solve", wrong_solver)
     with pytest.raises(C.ReductionViolation, match="lower bound"):
         C.compare(m, (X, y), lam=0.01)
 
