@@ -387,7 +387,7 @@ def pymanopt_trust_regions(prob: gufm.GUFM, *, seed: int = 0, max_time: float = 
     Wr, U = res.point
     Hr = rho * U
     E = feature_basis(prob.features, prob.dim, m)
-    value = float(gufm.objective(prob, Wr @ E.T, None, E @ Hr))  # checked feasible, in R^d
+    value = float(gufm.group_objective(prob, Wr @ E.T, None, E @ Hr))  # checked feasible, in R^d
     cert = certify(prob, Wr @ Hr)
     from gufm.solvers.result import ATOL, RTOL
 

@@ -4,7 +4,8 @@ Entry points::
 
     prob = gufm.GUFM(counts=[50, 30, 20], dim=16, loss="ce", lam_W=5e-3)
     res = gufm.solve(prob)                 # SolveResult: value, lower_bound, certified, W, ...
-    gufm.objective(prob, W, b, H)          # F at any point (numpy or torch)
+    gufm.objective(prob, W, b, H)          # F at per-sample features H (d, N), numpy or torch
+    gufm.group_objective(prob, W, b, Hg)   # F at one feature per group Hg (d, G)
     gufm.metrics.collapse_report(H, y, W)  # NC1/NC2/NC3 variants
     gufm.compare(model, dataset, lam=...)  # a trained network against the GUFM optimum
 
@@ -17,7 +18,7 @@ from importlib import import_module
 from typing import Any
 
 from gufm.model.certificate import Certificate, certify
-from gufm.model.objective import objective
+from gufm.model.objective import group_objective, objective
 from gufm.model.problem import GUFM
 from gufm.solvers import METHODS, solve
 from gufm.solvers.result import SolveResult
@@ -46,6 +47,6 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import gufm` light (no torch.n
 
 
 __all__ = [
-    "GUFM", "Certificate", "SolveResult", "METHODS", "certify", "objective", "solve",
+    "GUFM", "Certificate", "SolveResult", "METHODS", "certify", "group_objective", "objective", "solve",
     "__version__", *_LAZY,
 ]

@@ -36,7 +36,7 @@ import scipy.optimize
 
 from gufm.model.certificate import certify
 from gufm.model.geometry import feature_basis, simplex_etf
-from gufm.model.objective import objective
+from gufm.model.objective import group_objective
 from gufm.model.problem import GUFM
 from gufm.solvers.result import ATOL, RTOL, SolveResult
 
@@ -170,7 +170,7 @@ def solve_closed_form(prob: GUFM, *, rtol: float = RTOL, atol: float = ATOL) -> 
         Wp, Hp = sw * M.T, sh * M
     E = feature_basis(prob.features, prob.dim, Hp.shape[0])
     W, H = Wp @ E.T, E @ Hp
-    value = float(objective(prob, W, b, H, check_feasible=True, tol=1e-9))
+    value = float(group_objective(prob, W, b, H, check_feasible=True, tol=1e-9))
     cert = certify(prob, Wp @ Hp, b)
     return SolveResult(
         problem=prob, value=value, lower_bound=cert.lower_bound, W=W, b=b, class_features=H,

@@ -26,7 +26,7 @@ import numpy as np
 from gufm._util import limit_threads
 from gufm.model.certificate import Certificate, certify
 from gufm.model.geometry import feature_basis, simplex_etf
-from gufm.model.objective import column_data, evaluate, objective
+from gufm.model.objective import column_data, evaluate, group_objective
 from gufm.model.problem import GUFM
 from gufm.solvers.lbfgs import lbfgs
 from gufm.solvers.result import ATOL, RTOL, SolveResult
@@ -165,7 +165,7 @@ def _finish(prob: GUFM, param: _Param, x: np.ndarray):
     Wp, b, Hp = param.features_np(x)
     E = feature_basis(prob.features, prob.dim, param.p)
     W, H = Wp @ E.T, E @ Hp
-    value = objective(prob, W, b, H, check_feasible=False)
+    value = group_objective(prob, W, b, H, check_feasible=False)
     cert = certify(prob, Wp @ Hp, b)
     return W, b, H, Wp, Hp, float(value), cert
 
@@ -262,7 +262,7 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
             Ws, bs, Hs, sym_info = sym
             E = feature_basis(prob.features, prob.dim, Ws.shape[1])
             W, H = Ws @ E.T, E @ Hs
-            value = float(objective(prob, W, bs, H, check_feasible=False))
+            value = float(group_objective(prob, W, bs, H, check_feasible=False))
             cert = certify(prob, Ws @ Hs, bs)
             sym_info["sym_lower_bound"] = cert.lower_bound
             if value - cert.lower_bound <= atol + rtol * abs(value):

@@ -146,12 +146,12 @@ def solve_sdp(
     r = min(prob.m, max(rank, 1))
     Wr, Hr = _round(prob, Mv, r)
     from gufm.model.geometry import feature_basis
-    from gufm.model.objective import objective
+    from gufm.model.objective import group_objective
     from gufm.solvers.reduced import solve_gradient
 
     E = feature_basis(prob.features, d, r)
     W, H = Wr @ E.T, E @ Hr
-    value = float(objective(prob, W, bv, H, check_feasible=False))
+    value = float(group_objective(prob, W, bv, H, check_feasible=False))
     info["rounded_value"] = value
     best_cert = cert
     reason = f"SDP {status}; rounded to rank {r}"

@@ -66,7 +66,7 @@ def test_soft_labels_objective(rng):
     assert prob.G == 4
     W, b, H = random_point(prob, rng, per_sample=False)
     Hfull = prob.lift(H)
-    assert gufm.objective(prob, W, b, H) == pytest.approx(
+    assert gufm.group_objective(prob, W, b, H) == pytest.approx(
         naive_objective(prob, W, b, Hfull, Q), rel=1e-13)
 
 
@@ -74,7 +74,7 @@ def test_soft_labels_objective(rng):
 def test_reduced_equals_lifted(kw, rng):
     prob = gufm.GUFM(counts=[4, 2, 3, 1], dim=5, lam_W=0.07, **kw)
     W, b, Hbar = random_point(prob, rng, per_sample=False)
-    assert gufm.objective(prob, W, b, Hbar) == pytest.approx(
+    assert gufm.group_objective(prob, W, b, Hbar) == pytest.approx(
         gufm.objective(prob, W, b, prob.lift(Hbar)), rel=1e-13)
 
 
@@ -82,7 +82,7 @@ def test_reduced_equals_lifted(kw, rng):
 def test_torch_matches_numpy_and_autograd(kw, rng):
     prob = gufm.GUFM(counts=[4, 2, 3, 1], dim=5, lam_W=0.07, **kw)
     W, b, H = random_point(prob, rng)
-    val_np, g_np = value_and_grad(prob, W, b, H)
+    val_np, g_np = value_and_grad(prob, W, b, H, columns="samples")
     Wt = torch.tensor(W, requires_grad=True)
     bt = None if b is None else torch.tensor(b, requires_grad=True)
     Ht = torch.tensor(H, requires_grad=True)
@@ -101,7 +101,7 @@ def test_gradient_taylor_remainder(kw, rng):
     """|F(x + t v) - F(x) - t <g, v>| must shrink like t^2 (slope 2 in log-log)."""
     prob = gufm.GUFM(counts=[3, 2, 2], dim=4, lam_W=0.2, **kw)
     W, b, H = random_point(prob, rng)
-    f0, g = value_and_grad(prob, W, b, H)
+    f0, g = value_and_grad(prob, W, b, H, columns="samples")
     dW, dH = rng.standard_normal(W.shape), rng.standard_normal(H.shape)
     db = None if b is None else rng.standard_normal(b.shape)
     lin = np.sum(g.W * dW) + np.sum(g.H * dH) + (0 if b is None else np.sum(g.b * db))
@@ -109,7 +109,7 @@ def test_gradient_taylor_remainder(kw, rng):
     rem = []
     for t in ts:
         f, _ = value_and_grad(prob, W + t * dW, None if b is None else b + t * db, H + t * dH,
-                              need_grad=False)
+                              columns="samples", need_grad=False)
         rem.append(abs(f - f0 - t * lin))
     slope = np.polyfit(np.log(ts), np.log(rem), 1)[0]
     assert 1.9 < slope < 2.1
