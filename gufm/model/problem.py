@@ -27,9 +27,10 @@ from functools import cached_property
 import numpy as np
 
 from gufm.backend import Array, is_torch, to_numpy
+from gufm.model.features import FEATURE_MODELS, FeatureModel, feature_model
 from gufm.model.losses import check_loss
 
-FEATURE_MODELS = ("layernorm", "sphere", "ball", "penalty")
+__all__ = ["GUFM", "Groups", "FEATURE_MODELS", "groups_from_counts", "groups_from_soft_labels"]
 
 
 def _check_lambda(name: str, value: float | None, *, allow_none: bool, positive: bool) -> float | None:
@@ -115,7 +116,9 @@ class GUFM:
     dim : int
         Feature dimension :math:`d \\ge 2`.
     loss : {"ce", "mse"}
-    features : {"layernorm", "sphere", "ball", "penalty"}
+    features : {"layernorm", "sphere", "ball", "penalty"} or FeatureModel
+        The feature model, by name or as an instance of :mod:`gufm.model.features`;
+        ``prob.features`` is its name and ``prob.feature_model`` the object.
     radius : float, optional
         :math:`\\rho`; ``None`` means :math:`\\sqrt d` (the LayerNorm radius).  Not used by
         ``"penalty"``.
@@ -136,13 +139,14 @@ class GUFM:
     soft_labels: np.ndarray | None = None
     dim: int = 0
     loss: str = "ce"
-    features: str = "layernorm"
+    features: str | FeatureModel = "layernorm"
     radius: float | None = None
     lam_W: float = 5e-3
     lam_b: float | None = None
     lam_H: float | None = None
     num_classes: int | None = None
     groups: Groups = field(init=False, repr=False)
+    feature_model: FeatureModel = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         given = [x is not None for x in (self.counts, self.labels, self.soft_labels)]
@@ -150,25 +154,19 @@ class GUFM:
             raise ValueError("give exactly one of counts=, labels= or soft_labels=")
         set_ = object.__setattr__
         set_(self, "loss", check_loss(self.loss))
-        if self.features not in FEATURE_MODELS:
-            raise ValueError(f"features must be one of {FEATURE_MODELS}, got {self.features!r}")
+        fm = feature_model(self.features)
+        set_(self, "feature_model", fm)
+        set_(self, "features", fm.name)
         if isinstance(self.dim, bool) or not float(self.dim).is_integer() or int(self.dim) < 2:
             raise ValueError(f"dim must be an integer >= 2, got {self.dim!r}")
         set_(self, "dim", int(self.dim))
         set_(self, "lam_W", _check_lambda("lam_W", self.lam_W, allow_none=False, positive=True))
         set_(self, "lam_b", _check_lambda("lam_b", self.lam_b, allow_none=True, positive=False))
-        if self.features == "penalty":
+        fm.check_params(self.radius, self.lam_H)
+        if self.lam_H is not None:
             set_(self, "lam_H", _check_lambda("lam_H", self.lam_H, allow_none=False, positive=True))
-            if self.radius is not None:
-                raise ValueError("radius is not used by features='penalty'; leave it as None")
-        else:
-            if self.lam_H is not None:
-                raise ValueError(
-                    f"lam_H applies only to features='penalty', not {self.features!r}"
-                )
-            if self.radius is not None:
-                r = _check_lambda("radius", self.radius, allow_none=False, positive=True)
-                set_(self, "radius", r)
+        if self.radius is not None:
+            set_(self, "radius", _check_lambda("radius", self.radius, allow_none=False, positive=True))
         set_(self, "groups", self._make_groups())
 
     # ------------------------------------------------------------------ data
@@ -239,14 +237,12 @@ class GUFM:
     @property
     def rho(self) -> float:
         """Feature radius :math:`\\rho` (``sqrt(dim)`` by default); NaN for ``penalty``."""
-        if self.features == "penalty":
-            return math.nan
-        return math.sqrt(self.dim) if self.radius is None else float(self.radius)
+        return self.feature_model.radius(self.dim, self.radius)
 
     @property
     def m(self) -> int:
         """Dimension of the feature subspace: ``d - 1`` for ``layernorm``, else ``d``."""
-        return self.dim - 1 if self.features == "layernorm" else self.dim
+        return self.feature_model.subspace_dim(self.dim)
 
     @property
     def has_bias(self) -> bool:
