@@ -20,35 +20,23 @@ feature term becomes :math:`\tfrac{\lambda_H}{2}\sum_g n_g \lVert h_g\rVert^2`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from gufm.backend import Array, is_torch, to_numpy
+from gufm.backend import Array, is_torch
 from gufm.model.features import FEATURE_MODELS, FeatureModel, feature_model
 from gufm.model.losses import check_loss
+from gufm.model.validation import (
+    check_counts,
+    check_int,
+    check_labels,
+    check_real,
+    check_soft_labels,
+)
 
 __all__ = ["GUFM", "Groups", "FEATURE_MODELS", "groups_from_counts", "groups_from_soft_labels"]
-
-
-def _check_lambda(name: str, value: float | None, *, allow_none: bool, positive: bool) -> float | None:
-    if value is None:
-        if allow_none:
-            return None
-        raise ValueError(f"{name} is required")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if math.isnan(v) or math.isinf(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if v < 0:
-        raise ValueError(f"{name} must be non-negative, got {value!r}")
-    if positive and v == 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -63,18 +51,27 @@ class Groups:
         Column ``g`` is the label distribution :math:`q_g` of group ``g``.
     counts : ndarray, shape (G,)
         :math:`n_g`, the number of samples in group ``g``.
-    sample_group : ndarray of int, shape (N,)
-        Group index of every sample (in the order the samples were given).
+    members : ndarray of int, shape (N,), or None
+        Group index of every sample (in the order the samples were given); ``None`` when the
+        samples are ordered group by group (a ``counts=`` build), so that the build stays
+        O(K) in memory however large N is.
     """
 
     weights: np.ndarray
     targets: np.ndarray
     counts: np.ndarray
-    sample_group: np.ndarray
+    members: np.ndarray | None = None
 
     @property
     def n_groups(self) -> int:
         return int(self.weights.shape[0])
+
+    @cached_property
+    def sample_group(self) -> np.ndarray:
+        """Group index of every sample, shape (N,) (built on first use for ``counts=``)."""
+        if self.members is not None:
+            return self.members
+        return np.repeat(np.arange(self.n_groups), self.counts)
 
 
 def groups_from_counts(counts: np.ndarray) -> Groups:
@@ -85,7 +82,6 @@ def groups_from_counts(counts: np.ndarray) -> Groups:
         weights=counts / N,
         targets=np.eye(K),
         counts=counts.astype(np.int64),
-        sample_group=np.repeat(np.arange(K), counts),
     )
 
 
@@ -97,7 +93,7 @@ def groups_from_soft_labels(Q: np.ndarray) -> Groups:
         weights=counts / N,
         targets=np.ascontiguousarray(uniq.T),
         counts=counts.astype(np.int64),
-        sample_group=inverse.reshape(-1).astype(np.int64),
+        members=inverse.reshape(-1).astype(np.int64),
     )
 
 
@@ -157,66 +153,45 @@ class GUFM:
         fm = feature_model(self.features)
         set_(self, "feature_model", fm)
         set_(self, "features", fm.name)
-        if isinstance(self.dim, bool) or not float(self.dim).is_integer() or int(self.dim) < 2:
-            raise ValueError(f"dim must be an integer >= 2, got {self.dim!r}")
-        set_(self, "dim", int(self.dim))
-        set_(self, "lam_W", _check_lambda("lam_W", self.lam_W, allow_none=False, positive=True))
-        set_(self, "lam_b", _check_lambda("lam_b", self.lam_b, allow_none=True, positive=False))
+        set_(self, "dim", check_int("dim", self.dim, minimum=2))
+        set_(self, "lam_W", check_real("lam_W", self.lam_W, positive=True))
+        set_(self, "lam_b", check_real("lam_b", self.lam_b, positive=False, none_means="no bias"))
         fm.check_params(self.radius, self.lam_H)
         if self.lam_H is not None:
-            set_(self, "lam_H", _check_lambda("lam_H", self.lam_H, allow_none=False, positive=True))
+            set_(self, "lam_H", check_real("lam_H", self.lam_H, positive=True))
         if self.radius is not None:
-            set_(self, "radius", _check_lambda("radius", self.radius, allow_none=False, positive=True))
+            set_(self, "radius", check_real("radius", self.radius, positive=True))
+        if self.num_classes is not None:
+            set_(self, "num_classes", check_int("num_classes", self.num_classes, minimum=2))
         set_(self, "groups", self._make_groups())
 
     # ------------------------------------------------------------------ data
     def _make_groups(self) -> Groups:
+        """Validate the data argument (see :mod:`gufm.model.validation`) and reduce it."""
+        set_ = object.__setattr__
         if self.counts is not None:
-            c = np.asarray(to_numpy(self.counts))
-            if c.ndim != 1:
-                raise ValueError(f"counts must be one-dimensional, got shape {c.shape}")
-            if not np.all(np.isfinite(c)) or np.any(c != np.round(c)):
-                raise ValueError("counts must be non-negative integers")
-            if c.shape[0] < 2:
-                raise ValueError(f"counts: need K >= 2 classes, got K = {c.shape[0]}")
-            if np.any(c <= 0):
-                raise ValueError(f"counts: class {int(np.argmax(c <= 0))} is empty (count <= 0)")
-            c = c.astype(np.int64)
-            object.__setattr__(self, "counts", c)
+            c = check_counts(self.counts)
+            self._check_num_classes("counts", c.shape[0])
+            set_(self, "counts", c)
             return groups_from_counts(c)
         if self.labels is not None:
-            y = np.asarray(to_numpy(self.labels))
-            if y.ndim != 1 or y.shape[0] == 0:
-                raise ValueError(f"labels must be a non-empty 1-d array, got shape {y.shape}")
-            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
-                raise ValueError("labels must be non-negative integers")
-            y = y.astype(np.int64)
-            K = int(y.max()) + 1 if self.num_classes is None else int(self.num_classes)
-            if K < 2:
-                raise ValueError(f"labels: need K >= 2 classes, got K = {K}")
-            if y.max() >= K:
-                raise ValueError(f"labels: label {int(y.max())} is >= num_classes = {K}")
+            y, K = check_labels(self.labels, self.num_classes)
             c = np.bincount(y, minlength=K)
             if np.any(c == 0):
                 raise ValueError(f"labels: class {int(np.argmax(c == 0))} is empty")
-            object.__setattr__(self, "labels", y)
-            object.__setattr__(self, "counts", c)
+            set_(self, "labels", y)
+            set_(self, "counts", c)
             g = groups_from_counts(c)
-            return Groups(g.weights, g.targets, g.counts, y)
-        Q = np.asarray(to_numpy(self.soft_labels), dtype=float)
-        if Q.ndim != 2 or Q.shape[0] == 0:
-            raise ValueError(f"soft_labels must have shape (N, K), got {Q.shape}")
-        if Q.shape[1] < 2:
-            raise ValueError(f"soft_labels: need K >= 2 classes, got K = {Q.shape[1]}")
-        if not np.all(np.isfinite(Q)):
-            raise ValueError("soft_labels contains NaN or inf")
-        if np.any(Q < 0) or np.any(np.abs(Q.sum(1) - 1) > 1e-9):
-            raise ValueError(
-                "soft_labels: every row must be a probability distribution "
-                "(non-negative, summing to 1 within 1e-9)"
-            )
-        object.__setattr__(self, "soft_labels", Q)
+            return Groups(g.weights, g.targets, g.counts, members=y)
+        Q = check_soft_labels(self.soft_labels)
+        self._check_num_classes("soft_labels", Q.shape[1])
+        set_(self, "soft_labels", Q)
         return groups_from_soft_labels(Q)
+
+    def _check_num_classes(self, name: str, K: int) -> None:
+        if self.num_classes is not None and self.num_classes != K:
+            raise ValueError(f"num_classes = {self.num_classes} contradicts {name}, which has "
+                             f"K = {K} classes (num_classes is only needed with labels=)")
 
     # ------------------------------------------------------------ properties
     @property
