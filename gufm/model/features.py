@@ -337,8 +337,9 @@ class Penalty(FeatureModel):
     def check_params(self, radius: float | None, lam_H: float | None) -> None:
         if lam_H is None:
             raise ValueError(
-                "lam_H is required for features='penalty' (the feature penalty "
-                "lam_H/2 sum ||h_i||^2 replaces the norm constraint)"
+                "lam_H is required for features='penalty': pass lam_H > 0 (e.g. lam_H=5e-3). "
+                "The penalty lam_H/2 sum ||h_i||^2 replaces the norm constraint; without it "
+                "the features are unconstrained and F has no minimiser (scale H up, W down)"
             )
         if radius is not None:
             raise ValueError("radius is not used by features='penalty'; leave it as None")
