@@ -339,7 +339,7 @@ class Penalty(FeatureModel):
             raise ValueError(
                 "lam_H is required for features='penalty': pass lam_H > 0 (e.g. lam_H=5e-3). "
                 "The penalty lam_H/2 sum ||h_i||^2 replaces the norm constraint; without it "
-                "the features are unconstrained and F has no minimiser (scale H up, W down)"
+                "H is unconstrained and F has no minimiser (scale H up and W down)"
             )
         if radius is not None:
             raise ValueError("radius is not used by features='penalty'; leave it as None")

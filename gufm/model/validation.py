@@ -296,10 +296,12 @@ def exact_simplex_rows(Q: np.ndarray) -> np.ndarray:
 
     Examples
     --------
-    >>> import math
+    >>> from fractions import Fraction
+    >>> sum(Fraction(x) for x in [0.7, 0.3]) == 1       # the exact sum is 1 - 2**-54
+    False
     >>> Q = exact_simplex_rows(np.array([[0.7, 0.3], [0.1, 0.2 + 0.7]]))
-    >>> [math.fsum(r) for r in Q.tolist()]   # exact sums (0.7 + 0.3 alone is 1 - 2**-54)
-    [1.0, 1.0]
+    >>> [sum(Fraction(x) for x in r) == 1 for r in Q.tolist()]
+    [True, True]
     """
     Q = np.asarray(Q, dtype=np.float64)
     n = np.rint(Q / Q.sum(1, keepdims=True) * _GRID)  # integers <= 2**52, exact in float64
