@@ -17,6 +17,10 @@ from gufm import metrics as M
 from gufm.model.geometry import etf_gram, simplex_etf
 
 ALL = ["nc1", "nc1_trace_ratio", "nc1_cdnv", "nc2_classifier", "nc2_means", "nc3", "nc3_duality"]
+NEW = ["nc2_equinorm", "gnc2_dist", "gnc2_log", "nc3_self_duality", "unc3", "nc4"]
+#: every key of a report without OOD features or a GUFM reference, in registry order
+REPORT = ["nc1", "nc1_trace_ratio", "nc1_cdnv", "nc2_classifier", "nc2_means", "nc2_equinorm",
+          "gnc2_dist", "gnc2_log", "nc3", "nc3_duality", "nc3_self_duality", "unc3", "nc4"]
 
 
 def orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -233,7 +237,7 @@ def test_numpy_torch_agree():
     a = M.collapse_report(H, y, W, gufm_reference=G)
     t = M.collapse_report(torch.tensor(H), torch.tensor(y), torch.tensor(W), gufm_reference=G)
     mixed = M.collapse_report(torch.tensor(H), y, W, gufm_reference=G)
-    assert set(a) == set(t) == {*ALL, "gufm_distance"}
+    assert set(a) == set(t) == {*REPORT, "gufm_distance"}
     for k in a:
         assert isinstance(a[k], float)
         assert isinstance(t[k], torch.Tensor) and t[k].ndim == 0 and t[k].dtype == torch.float64
@@ -250,11 +254,11 @@ def test_report_frame_and_registry():
     rng = np.random.default_rng(8)
     H, y, W = random_problem(rng)
     rep = M.collapse_report(H, y, W)
-    assert list(rep) == ALL  # no gufm_distance without lam / reference
+    assert list(rep) == REPORT  # no nc5 without ood, no gufm_distance without lam / reference
     df = M.collapse_report(H, y, W, as_frame=True)
-    assert df.shape == (1, len(ALL)) and list(df.columns) == ALL
+    assert df.shape == (1, len(REPORT)) and list(df.columns) == REPORT
     assert df["nc1"].iloc[0] == pytest.approx(rep["nc1"])
-    assert set(M.METRICS) == {*ALL, "gufm_distance"}
+    assert list(M.METRICS) == [*REPORT, "nc5", "gufm_distance"]
     for name, m in M.METRICS.items():
         assert m.name == name and "\n" not in m.description and m.description
         assert m.func.__doc__

@@ -40,7 +40,12 @@ def batches_of(H, y, size):
 
 
 def assert_close(got, want, rtol, keys=None):
-    for k in keys or want:
+    """Every key of ``got`` (or ``keys``) close to ``want``; only nc4 (two passes) may be missing."""
+    assert set(want) - set(got) <= {"nc4"}, set(want) - set(got)
+    for k in keys or got:
+        if want[k] == float("inf"):  # e.g. gnc2_log when two normalised means coincide (d = 1)
+            assert float(got[k]) == want[k], k
+            continue
         assert abs(float(got[k]) - want[k]) <= rtol * max(abs(want[k]), 1e-3), (k, got[k], want[k])
 
 
@@ -52,7 +57,7 @@ def test_stream_equals_in_memory_float64(passes, batch, block):
     want = M.collapse_report(H, y, W, gufm_reference=G)
     got = stream_report(batches_of(H, y, batch), 4, W, passes=passes, block_size=block,
                         gufm_reference=G)
-    assert set(got) == set(want)
+    assert set(got) == set(want) - ({"nc4"} if passes == 1 else set())
     assert all(isinstance(v, float) for v in got.values())
     assert_close(got, want, 1e-10)
 
@@ -91,7 +96,7 @@ def test_torch_batches_and_outputs():
     st_np = acc.stats(like=np.zeros(1))
     assert M.METRICS["nc1"].from_stats(st_np, None) == pytest.approx(want["nc1"], rel=1e-10)
     df = acc.report(W, as_frame=True)
-    assert df.shape == (1, len(ALL))
+    assert df.shape == (1, len(got)) and "nc4" not in got  # one pass: no nc4
 
 
 def test_two_pass_W_given_late_and_nc3_left_out_without_W():
@@ -102,7 +107,8 @@ def test_two_pass_W_given_late_and_nc3_left_out_without_W():
     for h, yy in bs:
         acc.update(h, yy)
     no_w = acc.report()
-    assert set(no_w) == {"nc1", "nc1_trace_ratio", "nc1_cdnv", "nc2_means"}
+    assert set(no_w) == {"nc1", "nc1_trace_ratio", "nc1_cdnv", "nc2_means", "nc2_equinorm",
+                         "gnc2_dist", "gnc2_log"}
     with_w = acc.report(W)  # W was not there during the pass: no nc3
     assert "nc3" not in with_w and "nc2_classifier" in with_w
     acc2 = CollapseAccumulator(4, 7, passes=2)
