@@ -132,9 +132,9 @@ def _run_full(prob: gufm.GUFM, optimizer: str, lr: float, maxiter: int, target: 
 
 def seconds_per_evaluation(prob: gufm.GUFM) -> float:
     """Time of one objective-and-gradient evaluation of the full-N baseline (best of 2)."""
-    from gufm.solvers.full_n import _FullParam
+    from gufm.solvers.full_n import FullParametrisation
 
-    par = _FullParam(prob)
+    par = FullParametrisation(prob)
     x = np.random.default_rng(0).standard_normal(par.n)
     best = math.inf
     with limit_threads(_full_threads(prob)):
@@ -342,7 +342,7 @@ def pymanopt_trust_regions(prob: gufm.GUFM, *, seed: int = 0, max_time: float = 
     from pymanopt.manifolds import Euclidean, Oblique, Product
 
     from gufm.model.certificate import certify
-    from gufm.model.geometry import feature_basis
+    from gufm.model.features import feature_basis
     from gufm.model.objective import value_and_grad
 
     if prob.features not in ("layernorm", "sphere") or prob.has_bias:

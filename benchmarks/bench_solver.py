@@ -67,11 +67,11 @@ def lbfgs_implementations(K: int = 100) -> dict:
     import scipy.optimize
 
     from gufm.solvers.lbfgs import lbfgs
-    from gufm.solvers.reduced import _initial_point, _Param
+    from gufm.solvers.reduced import ReducedParametrisation, initial_point
 
     prob = gufm.GUFM(counts=imbalanced_counts(K), dim=K + 1, loss="ce", lam_W=5e-3)
-    par = _Param(prob, prob.m)
-    x0 = par.pack(*_initial_point(prob, prob.m, "random", np.random.default_rng(0)))
+    par = ReducedParametrisation(prob, prob.m)
+    x0 = par.pack(*initial_point(prob, prob.m, "random", np.random.default_rng(0)))
     iters = 200
     _, t_scipy = timed(lambda: scipy.optimize.minimize(
         par.fun, x0, jac=True, method="L-BFGS-B",

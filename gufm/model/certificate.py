@@ -103,9 +103,11 @@ def certify(prob: GUFM, Z: Array, b: Array | None = None) -> Certificate:
         Y = Y - Y.mean(1, keepdims=True)
     lam2 = 2.0 * prob.lam_W
     YtY = (Y.T @ Y) / lam2
+    fm = prob.feature_model
+    block = fm.dual_diagonal(Z, Y, prob.rho, g.counts, prob.lam_H)
 
-    if prob.features == "penalty":
-        D = prob.lam_H * g.counts.astype(float) / 2.0
+    if block.repair == "scale":
+        D = block.diag
         # largest s <= 1 with D - s^2 YtY >= 0  <=>  s^2 <= 1 / lambda_max(D^-1/2 YtY D^-1/2)
         Dm = 1.0 / np.sqrt(D)
         w, V = scipy.linalg.eigh(np.diag(D) - YtY)
@@ -118,21 +120,19 @@ def certify(prob: GUFM, Z: Array, b: Array | None = None) -> Certificate:
             lb -= float((Ys.sum(1) ** 2).sum()) / (2 * prob.lam_b)
         return Certificate(lb, lmin, 1.0 - s, Ys, None, vec, reason)
 
-    rho2 = prob.rho**2
-    mu = -(Z * Y).sum(0) / (2.0 * rho2)
-    if prob.features == "ball":
-        mu = np.maximum(mu, 0.0)
+    mu = block.diag
     w, V = scipy.linalg.eigh(np.diag(mu) - YtY)
     lmin, vec = float(w[0]), V[:, 0]
     t = max(0.0, -lmin)
     if t > 0:
-        # make the corrected matrix PSD with a margin that covers eigh's rounding error
-        t += 1e-14 * max(1.0, float(np.abs(w).max()))
+        # make the corrected matrix PSD with a margin that covers eigh's rounding error, which
+        # is relative to the matrix's own scale (an absolute margin would cost rho^2 G times it)
+        t += 1e-14 * float(np.abs(w).max())
     mu = mu + t
     gstar = conjugate(prob.loss, Y, Q, p)
     if math.isinf(gstar):
         return Certificate(-math.inf, lmin, t, Y, mu, vec, "Y outside the conjugate's domain")
-    lb = -gstar - rho2 * float(mu.sum())
+    lb = -gstar - fm.dual_term(mu, prob.rho)
     if prob.has_bias and prob.lam_b > 0:
         lb -= float((Y.sum(1) ** 2).sum()) / (2 * prob.lam_b)
     return Certificate(lb, lmin, t, Y, mu, vec, reason)

@@ -20,17 +20,6 @@ def helmert_basis(d: int, p: int | None = None) -> np.ndarray:
     return B / np.sqrt(j * (j + 1.0))[None, :]
 
 
-def feature_basis(features: str, d: int, p: int) -> np.ndarray:
-    """Orthonormal ``(d, p)`` basis of the span used for ``p``-dimensional reduced solutions.
-
-    ``layernorm`` features live in :math:`\\mathbf 1^\\perp` (Helmert basis); the other models in
-    the first ``p`` coordinate axes.
-    """
-    if features == "layernorm":
-        return helmert_basis(d, p)
-    return np.eye(d, p)
-
-
 def simplex_etf(K: int, p: int | None = None) -> np.ndarray:
     """Unit columns :math:`m_k` of a simplex ETF, :math:`m_k^\\top m_j = -1/(K-1)`, shape ``(p, K)``.
 

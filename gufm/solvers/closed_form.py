@@ -34,10 +34,9 @@ import time
 import numpy as np
 import scipy.optimize
 
-from gufm.model.certificate import certify
-from gufm.model.geometry import feature_basis, simplex_etf
-from gufm.model.objective import group_objective
+from gufm.model.geometry import simplex_etf
 from gufm.model.problem import GUFM
+from gufm.solvers.finish import finish
 from gufm.solvers.result import ATOL, RTOL, SolveResult
 
 
@@ -92,6 +91,26 @@ def penalty_ce_value(K: int, n: float, lam_W: float, lam_H: float) -> float:
     )
 
 
+def etf_scales(prob: GUFM) -> tuple[float, float]:
+    """Scales ``(s_w, s_h)`` of a simplex-ETF starting point for any (imbalanced) instance.
+
+    Radial models: the CE closed form's ``s*`` and :math:`\rho`; penalty: the penalty-CE
+    scales at the mean count, floored at ``1e-2`` (a collapsed start cannot move).
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> sw, sh = etf_scales(GUFM(counts=[2, 3], dim=3, radius=1.0, lam_W=0.1))
+    >>> sh, sw > 0
+    (1.0, True)
+    """
+    K = prob.K
+    if prob.feature_model.penalised:
+        sw, sh = penalty_ce_scales(K, float(np.mean(prob.groups.counts)), prob.lam_W, prob.lam_H)
+        return max(sw, 1e-2), max(sh, 1e-2)
+    return ce_etf_scale(K, prob.rho, prob.lam_W), prob.rho
+
+
 def tight_frame(K: int, r: int) -> np.ndarray:
     """Unit-norm tight frame of K vectors in R^r (r <= K), shape (r, K): ``U Uᵀ = (K/r) I``.
 
@@ -116,14 +135,14 @@ def closed_form_kind(prob: GUFM) -> tuple[str | None, str]:
         return None, "classes are not balanced (or labels are soft)"
     K = prob.K
     if prob.loss == "ce":
-        if prob.features == "penalty":
+        if prob.feature_model.penalised:
             if prob.dim < K - 1:
                 return None, f"penalty CE needs dim >= K - 1 = {K - 1}"
             return "penalty_ce_etf", ""
         if prob.m < K - 1:
             return None, f"no simplex ETF fits: K - 1 = {K - 1} > feature dimension {prob.m}"
         return "ce_etf", ""
-    if prob.features == "penalty":
+    if prob.feature_model.penalised:
         return None, "no closed form for MSE with penalty features"
     if prob.has_bias:
         return None, "no closed form for MSE with a bias"
@@ -168,13 +187,8 @@ def solve_closed_form(prob: GUFM, *, rtol: float = RTOL, atol: float = ATOL) -> 
         else:
             sw, sh = penalty_ce_scales(K, float(prob.groups.counts[0]), prob.lam_W, prob.lam_H)
         Wp, Hp = sw * M.T, sh * M
-    E = feature_basis(prob.features, prob.dim, Hp.shape[0])
-    W, H = Wp @ E.T, E @ Hp
-    value = float(group_objective(prob, W, b, H, check_feasible=True, tol=1e-9))
-    cert = certify(prob, Wp @ Hp, b)
-    return SolveResult(
-        problem=prob, value=value, lower_bound=cert.lower_bound, W=W, b=b, class_features=H,
-        method="closed_form", seconds=time.perf_counter() - t0,
-        stop_reason=f"closed form ({kind})", certificate=cert,
-        info={"kind": kind, "formula_value": closed_form_value(prob)}, rtol=rtol, atol=atol,
+    return finish(
+        prob, Wp, b, Hp, method="closed_form", t0=t0, stop_reason=f"closed form ({kind})",
+        rtol=rtol, atol=atol, check_tol=1e-9,
+        info={"kind": kind, "formula_value": closed_form_value(prob)},
     )

@@ -12,62 +12,66 @@ dual certificate at the per-group mean logits (valid for any point, by weak dual
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
-from gufm.model.certificate import certify
-from gufm.model.objective import column_data, evaluate, objective
+from gufm.model.objective import column_data, evaluate
 from gufm.model.problem import GUFM
-from gufm.solvers.lbfgs import lbfgs
+from gufm.solvers.finish import Budget, finish
+from gufm.solvers.lbfgs import LBFGSResult, lbfgs
 from gufm.solvers.result import ATOL, RTOL, SolveResult
 
 OPTIMIZERS = ("lbfgs", "adam", "gd")
 
 
-class _FullParam:
+class FullParametrisation:
+    """Flat-vector parametrisation of ``(W, b, all N features)`` in the ambient dimension.
+
+    Features come from the feature model's ambient parametrisation
+    (:meth:`gufm.model.features.FeatureModel.parametrise` with ``ambient=True``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> par = FullParametrisation(GUFM(counts=[2, 1], dim=3, lam_W=0.1))
+    >>> f, g = par.fun(np.random.default_rng(0).standard_normal(par.n)); g.shape == (par.n,)
+    True
+    """
+
     def __init__(self, prob: GUFM):
         self.prob = prob
+        self.fm = prob.feature_model
         K, d, N = prob.K, prob.dim, prob.N
-        self.q = d + 1 if prob.features == "ball" else d
+        self.q = self.fm.latent_rows(d)
         self.nW, self.nb = K * d, (K if prob.has_bias else 0)
         self.consts = column_data(prob, N, "samples")
         self.n = self.nW + self.nb + self.q * N
 
-    def unpack(self, x):
+    def unpack(self, x: np.ndarray):
+        """``(W, b, V)`` views of a flat vector."""
         prob = self.prob
         W = x[: self.nW].reshape(prob.K, prob.dim)
         b = x[self.nW : self.nW + self.nb] if self.nb else None
         V = x[self.nW + self.nb :].reshape(self.q, prob.N)
         return W, b, V
 
-    def features(self, V):
-        prob = self.prob
-        if prob.features == "penalty":
-            return V, None
-        U = V - V.mean(0) if prob.features == "layernorm" else V
-        norms = np.sqrt((U * U).sum(0))
-        U = U / norms
-        H = prob.rho * U
-        return (H[: prob.dim] if prob.features == "ball" else H), (U, norms)
+    def features(self, V: np.ndarray):
+        """Per-sample features ``H`` (d, N) and the data for the chain rule."""
+        return self.fm.parametrise(V, self.prob.rho, ambient=True)
 
-    def fun(self, x):
+    def fun(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Objective and gradient at the flat vector ``x``."""
         prob = self.prob
         W, b, V = self.unpack(x)
         H, aux = self.features(V)
         val, gr = evaluate(prob, W, b, H, *self.consts)
-        gV = gr.H
-        if aux is not None:
-            U, norms = aux
-            gU = np.vstack([gr.H, np.zeros((1, prob.N))]) if prob.features == "ball" else gr.H
-            gV = prob.rho * (gU - U * (U * gU).sum(0)) / norms
-            if prob.features == "layernorm":
-                gV = gV - gV.mean(0)
+        gV = self.fm.vjp(gr.H, aux, prob.rho, ambient=True)
         parts = [gr.W.ravel()] + ([gr.b.ravel()] if self.nb else []) + [gV.ravel()]
         return float(val), np.concatenate(parts)
 
 
-def _first_order(fun, x, *, optimizer, lr, maxiter, target, gtol):
+def _first_order(fun, x, *, optimizer, lr, maxiter, target, gtol, budget: Budget):
     """Plain gradient descent or Adam (Kingma & Ba defaults) on the flat vector."""
     m = np.zeros_like(x) if optimizer == "adam" else None
     v = np.zeros_like(x) if optimizer == "adam" else None
@@ -81,6 +85,9 @@ def _first_order(fun, x, *, optimizer, lr, maxiter, target, gtol):
             break
         if float(np.abs(g).max()) <= gtol:
             msg = "gradient tolerance reached"
+            break
+        if budget.expired():
+            msg = budget.reason()
             break
         if optimizer == "gd":
             x = x - lr * g
@@ -126,23 +133,30 @@ def solve_full(
         L-BFGS history (each pair costs ``2 (K + N) d`` doubles).
     max_seconds : float, optional
         Wall-time budget; the stop reason says "time limit" when it ends the run.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> res = solve_full(GUFM(counts=[2, 2], dim=3, lam_W=0.1), max_seconds=5)
+    >>> res.method, res.iterations > 0
+    ('full', True)
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    t0 = time.perf_counter()
+    budget = Budget(max_seconds)
+    t0 = budget.t0
     rng = np.random.default_rng(seed)
-    param = _FullParam(prob)
+    param = FullParametrisation(prob)
     K, d, N = prob.K, prob.dim, prob.N
     x0 = np.concatenate([
         rng.standard_normal(K * d) / math.sqrt(d),
         np.zeros(param.nb),
-        rng.standard_normal(param.q * N) * (1.0 if prob.features != "penalty" else 0.1),
+        rng.standard_normal(param.q * N) * (1.0 if prob.feature_model.radial else 0.1),
     ])
     if optimizer == "lbfgs":
-        deadline = None if max_seconds is None else t0 + max_seconds
 
         def out_of_time(x: np.ndarray, f: float) -> bool:
-            return deadline is not None and time.perf_counter() > deadline
+            return budget.expired()
 
         if target is None:
             res = lbfgs(param.fun, x0, gtol=gtol, maxiter=maxiter, memory=memory,
@@ -151,22 +165,18 @@ def solve_full(
             res = _lbfgs_to_target(param.fun, x0, gtol, maxiter, memory, target, out_of_time)
         x, nit, msg = res.x, res.nit, res.message
         if msg == "stopped by callback":
-            msg = f"time limit ({max_seconds} s)"
+            msg = budget.reason()
     else:
         x, _, nit, msg = _first_order(param.fun, x0, optimizer=optimizer, lr=lr,
-                                      maxiter=maxiter, target=target, gtol=gtol)
+                                      maxiter=maxiter, target=target, gtol=gtol, budget=budget)
     W, b, V = param.unpack(x)
     H, _ = param.features(V)
-    value = float(objective(prob, W, b, H, check_feasible=False))
     g = prob.groups
     Hbar = (H @ _membership(g.sample_group, prob.G)) / g.counts
-    cert = certify(prob, W @ Hbar, b)
-    return SolveResult(
-        problem=prob, value=value, lower_bound=cert.lower_bound, W=W.copy(),
-        b=None if b is None else b.copy(), class_features=Hbar, method="full",
-        seconds=time.perf_counter() - t0, stop_reason=f"{optimizer}: {msg}", certificate=cert,
-        info={"optimizer": optimizer, "iterations": nit, "n_variables": param.n},
-        rtol=rtol, atol=atol,
+    return finish(
+        prob, W, b, Hbar, method="full", t0=t0, stop_reason=f"{optimizer}: {msg}",
+        iterations=nit, rtol=rtol, atol=atol, reduced=False, H_samples=H,
+        info={"optimizer": optimizer, "n_variables": param.n},
     )
 
 
@@ -196,7 +206,5 @@ def _lbfgs_to_target(fun, x0, gtol, maxiter, memory, target, callback=None):
         return lbfgs(wrapped, x0, gtol=gtol, maxiter=maxiter, memory=memory, callback=callback,
                      callback_every=1)
     except _Reached as r:
-        from gufm.solvers.lbfgs import LBFGSResult
-
         return LBFGSResult(r.x, math.nan, math.nan, calls["n"], calls["n"],
                            "target value reached")

@@ -18,23 +18,42 @@ torch (any device).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from gufm._util import limit_threads
+from gufm.backend import Array, get_backend, is_torch, to_numpy
 from gufm.model.certificate import Certificate, certify
-from gufm.model.geometry import feature_basis, simplex_etf
+from gufm.model.geometry import simplex_etf
 from gufm.model.objective import column_data, evaluate, group_objective
 from gufm.model.problem import GUFM
+from gufm.solvers.closed_form import etf_scales
+from gufm.solvers.finish import Budget, embed, finish
 from gufm.solvers.lbfgs import lbfgs
-from gufm.solvers.result import ATOL, RTOL, SolveResult
+from gufm.solvers.result import ATOL, RTOL, SolveResult, check_tolerances, is_certified
+from gufm.solvers.symmetric import solve_symmetric
 
 
 @dataclass
-class _Param:
-    """Flat-vector parametrisation of a reduced point in dimension ``p``."""
+class ReducedParametrisation:
+    """Flat-vector parametrisation of a reduced point in working dimension ``p``.
+
+    The vector holds ``W`` (K, p), ``b`` (K,) when the problem has a bias, and the latent
+    features ``V`` (q, G) of the feature model (``H = fm.parametrise(V)``, see
+    :mod:`gufm.model.features`).  :meth:`fun` returns the objective and its gradient in the
+    flat vector, evaluated with numpy or with torch on ``device``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> par = ReducedParametrisation(GUFM(counts=[2, 1], dim=3, lam_W=0.1), p=2)
+    >>> x = par.pack(np.zeros((2, 2)), None, np.array([[1.0, -1.0], [0.0, 0.0]]) * 3 ** 0.5)
+    >>> round(par.fun(x)[0], 6) == round(float(np.log(2)), 6)
+    True
+    """
 
     prob: GUFM
     p: int
@@ -42,27 +61,25 @@ class _Param:
 
     def __post_init__(self) -> None:
         prob = self.prob
+        self.fm = prob.feature_model
         self.K, self.G = prob.K, prob.G
-        self.q = self.p + 1 if prob.features == "ball" else self.p
+        self.q = self.fm.latent_rows(self.p)
         self.nW = self.K * self.p
         self.nb = self.K if prob.has_bias else 0
         Q, w, n = column_data(prob, prob.G, "groups")
-        self.consts = tuple(self._arr(a) for a in (Q, w, n))
+        self.like = None if self.device is None else torch.zeros(
+            (), dtype=torch.float64, device=self.device)
+        self.nx = get_backend(self.like)
+        self.consts = tuple(self.nx.from_numpy(a, like=self.like) for a in (Q, w, n))
         self.nfev = 0
 
-    # array conversion --------------------------------------------------------
-    def _arr(self, a: np.ndarray):
-        if self.device is None:
-            return np.asarray(a, dtype=float)
-        import torch
+    @property
+    def size(self) -> int:
+        """Length of the flat vector."""
+        return self.nW + self.nb + self.q * self.G
 
-        return torch.as_tensor(np.asarray(a), dtype=torch.float64, device=self.device)
-
-    def _np(self, a) -> np.ndarray:
-        return a if self.device is None else a.detach().cpu().numpy()
-
-    # packing -----------------------------------------------------------------
-    def unpack(self, x: np.ndarray):
+    def unpack(self, x: Array) -> tuple[Array, Array | None, Array]:
+        """``(W, b, V)`` views of a flat vector."""
         W = x[: self.nW].reshape(self.K, self.p)
         b = x[self.nW : self.nW + self.nb] if self.nb else None
         V = x[self.nW + self.nb :].reshape(self.q, self.G)
@@ -70,111 +87,68 @@ class _Param:
 
     def pack(self, W: np.ndarray, b: np.ndarray | None, H: np.ndarray) -> np.ndarray:
         """Flat vector for the point ``(W, b, H)`` (H of shape (p, G), feasible)."""
-        V = self.h_to_v(H)
+        V = self.fm.to_latent(H, self.prob.rho)
         parts = [W.ravel()] + ([b.ravel()] if self.nb else []) + [V.ravel()]
         return np.concatenate(parts)
 
-    def h_to_v(self, H: np.ndarray) -> np.ndarray:
-        if self.prob.features == "ball":
-            slack = np.sqrt(np.maximum(self.prob.rho**2 - (H**2).sum(0), 0.0))
-            return np.vstack([H, slack[None, :]])
-        return H
-
-    def features(self, V):
-        """Feature map ``V -> H`` and the data needed for the chain rule."""
-        if self.prob.features == "penalty":
-            return V, None
-        norms = (V**2).sum(0) ** 0.5
-        U = V / norms
-        H = self.prob.rho * U
-        return (H[: self.p] if self.prob.features == "ball" else H), (U, norms)
-
-    def features_np(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        W, b, V = self.unpack(x)
-        H, _ = self.features(V)
+    def point(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """The point ``(W, b, H)`` (numpy, reduced coordinates) of a flat vector."""
+        W, b, V = self.unpack(np.asarray(x, dtype=float))
+        H, _ = self.fm.parametrise(V, self.prob.rho)
         return W, b, H
 
-    # objective ---------------------------------------------------------------
     def fun(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Objective and gradient at the flat vector ``x``."""
         self.nfev += 1
-        xt = self._arr(x)
+        xt = self.nx.from_numpy(x, like=self.like)
         W, b, V = self.unpack(xt)
-        H, aux = self.features(V)
+        H, aux = self.fm.parametrise(V, self.prob.rho)
         val, gr = evaluate(self.prob, W, b, H, *self.consts)
-        gV = gr.H
-        if aux is not None:
-            U, norms = aux
-            if self.prob.features == "ball":
-                gU = self._pad(gr.H)
-            else:
-                gU = gr.H
-            gV = self.prob.rho * (gU - U * (U * gU).sum(0)) / norms
+        gV = self.fm.vjp(gr.H, aux, self.prob.rho)
         parts = [gr.W.reshape(-1)] + ([gr.b.reshape(-1)] if self.nb else []) + [gV.reshape(-1)]
-        if self.device is None:
-            return float(val), np.concatenate(parts)
-        import torch
-
-        return float(val), torch.cat(parts).cpu().numpy()
-
-    def _pad(self, gH):
-        z = gH[:1] * 0
-        if self.device is None:
-            return np.vstack([gH, z])
-        import torch
-
-        return torch.cat([gH, z], 0)
+        return float(val), self.nx.to_numpy(self.nx.concatenate(parts))
 
 
-def _initial_point(prob: GUFM, p: int, init: str, rng: np.random.Generator):
+def initial_point(prob: GUFM, p: int, init: str, rng: np.random.Generator):
+    """A starting point ``(W, b, H)`` in ``p`` reduced dimensions.
+
+    ``init="etf"`` (or ``"auto"`` for CE with hard labels and ``p >= K - 1``): a slightly
+    perturbed simplex ETF at the balanced closed form's scales; ``"random"``: Gaussian, the
+    features moved onto the feature model's boundary.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> W, b, H = initial_point(GUFM(counts=[2, 2, 2], dim=4), 3, "etf", np.random.default_rng(0))
+    >>> W.shape, b, H.shape
+    ((3, 3), None, (3, 3))
+    """
     K, G = prob.K, prob.G
+    fm = prob.feature_model
+    if init not in ("auto", "etf", "random"):
+        raise ValueError(f"init must be 'auto', 'etf' or 'random', got {init!r}")
     use_etf = init == "etf" or (
         init == "auto" and prob.hard_labels and prob.loss == "ce" and p >= K - 1
     )
-    if init not in ("auto", "etf", "random"):
-        raise ValueError(f"init must be 'auto', 'etf' or 'random', got {init!r}")
     if use_etf and p < K - 1:
         raise ValueError(f"init='etf' needs p >= K - 1 = {K - 1}, got p = {p}")
     if use_etf:
         M = simplex_etf(K, p) + 1e-3 * rng.standard_normal((p, K))
         M /= np.linalg.norm(M, axis=0)
-        if prob.features == "penalty":
-            from gufm.solvers.closed_form import penalty_ce_scales
-
-            sw, sh = penalty_ce_scales(K, float(np.mean(prob.groups.counts)), prob.lam_W, prob.lam_H)
-            sw, sh = max(sw, 1e-2), max(sh, 1e-2)
-        else:
-            from gufm.solvers.closed_form import ce_etf_scale
-
-            sh = prob.rho
-            sw = ce_etf_scale(K, prob.rho, prob.lam_W)
+        sw, sh = etf_scales(prob)
         H = sh * M[:, prob.groups.targets.argmax(0)] if G != K else sh * M
         return sw * M.T, (np.zeros(K) if prob.has_bias else None), H
-    H = rng.standard_normal((p, G))
-    if prob.features != "penalty":
-        H *= prob.rho / np.linalg.norm(H, axis=0)
+    H = fm.on_boundary(rng.standard_normal((p, G)), prob.rho)
     W = rng.standard_normal((K, p)) / math.sqrt(p)
     return W, (np.zeros(K) if prob.has_bias else None), H
 
 
-def _lbfgs(param: _Param, x0: np.ndarray, gtol: float, maxiter: int):
-    return lbfgs(param.fun, x0, gtol=gtol, maxiter=maxiter)
-
-
-def _finish(prob: GUFM, param: _Param, x: np.ndarray):
-    """Embed a reduced point in R^d and certify it."""
-    Wp, b, Hp = param.features_np(x)
-    E = feature_basis(prob.features, prob.dim, param.p)
-    W, H = Wp @ E.T, E @ Hp
-    value = group_objective(prob, W, b, H, check_feasible=False)
-    cert = certify(prob, Wp @ Hp, b)
-    return W, b, H, Wp, Hp, float(value), cert
-
-
-def _lift(prob: GUFM, Wp, b, Hp, cert: Certificate, param_new: _Param):
+def _lift(prob: GUFM, Wp, b, Hp, cert: Certificate, param_new: ReducedParametrisation):
     """Second-order descent step into one more dimension along the certificate's eigenvector."""
     v = cert.escape
     w_col = -(cert.Y @ v) / prob.lam_W
-    scale = prob.rho if prob.features != "penalty" else max(float(np.abs(Hp).max()), 1e-3)
+    scale = prob.rho if prob.feature_model.radial else max(float(np.abs(Hp).max()), 1e-3)
     best = None
     f0 = param_new.fun(param_new.pack(np.hstack([Wp, 0 * w_col[:, None]]), b,
                                       np.vstack([Hp, 0 * v[None, :]])))[0]
@@ -209,6 +183,7 @@ def solve_gradient(
     x0: tuple | None = None,
     symmetry: bool = True,
     threads: int | None = None,
+    max_seconds: float | None = None,
 ) -> SolveResult:
     """Solve the reduced GUFM by L-BFGS, certify, and escape saddles until certified.
 
@@ -221,7 +196,7 @@ def solve_gradient(
         ``auto``: a perturbed simplex ETF for CE with hard labels, else random.
     seed : int
     gtol : float
-        L-BFGS-B projected-gradient tolerance.
+        L-BFGS gradient tolerance (relative to ``max(1, |F|)``).
     maxiter : int
         L-BFGS iterations per round.
     max_escapes : int
@@ -233,7 +208,8 @@ def solve_gradient(
         ``None`` evaluates with numpy; a torch device string (``"cpu"``, ``"cuda"``) evaluates
         with torch in float64 on that device.
     x0 : tuple (W, b, H), optional
-        Warm start in ``d`` dimensions (``H`` of shape (d, G)); overrides ``init``.
+        Warm start in ``d`` dimensions (``H`` of shape (d, G)); overrides ``init``.  When its
+        arrays are torch tensors, the result's arrays are too (same dtype and device).
     symmetry : bool
         First solve over the family invariant under permutations of equal-count classes
         (:mod:`gufm.solvers.symmetric`), lift, and return it if the full certificate holds;
@@ -241,40 +217,49 @@ def solve_gradient(
     threads : int, optional
         BLAS/torch threads during the solve.  Default: 1 for small problems (``K p < 4e4``,
         where threading only adds overhead and oversubscription can cost 10x), else unchanged.
+    max_seconds : float, optional
+        Wall-time budget; when it ends the solve, ``stop_reason`` starts with "time limit"
+        and the best point so far is returned, certified only if its certificate holds.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> res = solve_gradient(GUFM(counts=[3, 2, 1], dim=4, lam_W=0.05))
+    >>> res.certified, res.method
+    (True, 'gradient')
     """
+    rtol, atol = check_tolerances(rtol, atol)
+    budget = Budget(max_seconds)
     small = prob.K * min(prob.m, prob.K + prob.G) < 40000
     n_threads = threads if threads is not None else (1 if small else None)
     with limit_threads(n_threads):
         return _solve_gradient(prob, p=p, init=init, seed=seed, gtol=gtol, maxiter=maxiter,
                                max_escapes=max_escapes, restarts=restarts, device=device,
-                               rtol=rtol, atol=atol, x0=x0, symmetry=symmetry)
+                               rtol=rtol, atol=atol, x0=x0, symmetry=symmetry, budget=budget)
 
 
 def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts, device,
-                    rtol, atol, x0, symmetry) -> SolveResult:
-    t0 = time.perf_counter()
+                    rtol, atol, x0, symmetry, budget: Budget) -> SolveResult:
+    t0 = budget.t0
+    like = None if x0 is None else next((a for a in x0 if is_torch(a)), None)
     sym_info: dict = {}
+    # work in the normalised scale (radius 1, lam_W / rho^2; same logits) and map back
+    orig = prob
+    prob, rho = orig.normalised()
+    fm = prob.feature_model
     if x0 is None and symmetry and device is None:
-        from gufm.solvers.symmetric import solve_symmetric
-
-        sym = solve_symmetric(prob, seed=seed, rtol=rtol / 10, atol=atol / 10)
+        sym = solve_symmetric(prob, seed=seed, rtol=rtol / 10, atol=atol / 10, budget=budget)
         if sym is not None:
             Ws, bs, Hs, sym_info = sym
-            E = feature_basis(prob.features, prob.dim, Ws.shape[1])
-            W, H = Ws @ E.T, E @ Hs
-            value = float(group_objective(prob, W, bs, H, check_feasible=False))
-            cert = certify(prob, Ws @ Hs, bs)
-            sym_info["sym_lower_bound"] = cert.lower_bound
-            if value - cert.lower_bound <= atol + rtol * abs(value):
-                return SolveResult(
-                    problem=prob, value=value, lower_bound=cert.lower_bound, W=W, b=bs,
-                    class_features=H, method="gradient", seconds=time.perf_counter() - t0,
-                    stop_reason="certified (symmetry-reduced)", certificate=cert,
-                    info={"symmetry_reduced": True, "p": Ws.shape[1], "escapes": 0,
-                          "restarts": 0, "iterations": sym_info["sym_iterations"],
-                          "device": "numpy", **sym_info},
-                    rtol=rtol, atol=atol,
-                )
+            res = finish(orig, Ws / rho, bs, Hs * rho, method="gradient", t0=t0,
+                         stop_reason="certified (symmetry-reduced)",
+                         iterations=sym_info["sym_iterations"], rtol=rtol, atol=atol,
+                         info={"symmetry_reduced": True, "p": Ws.shape[1], "escapes": 0,
+                               "restarts": 0, "device": "numpy", **sym_info})
+            sym_info["sym_lower_bound"] = res.lower_bound
+            if res.certified:
+                return res
+            W, H = embed(prob, Ws, Hs)
             x0 = (W, bs, H)
     rng = np.random.default_rng(seed)
     p_max = min(prob.m, prob.K + prob.G)
@@ -283,50 +268,56 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
     if not 1 <= p <= prob.m:
         raise ValueError(f"p must lie in [1, m] = [1, {prob.m}], got {p}")
     if x0 is not None:
-        W0, b0, H0 = x0
-        p = prob.m if prob.features == "layernorm" else prob.dim
-        E = feature_basis(prob.features, prob.dim, p)
-        W0, H0 = np.asarray(W0) @ E, E.T @ np.asarray(H0)
-        b0 = None if b0 is None else np.asarray(b0, dtype=float)
+        W0, b0, H0 = (None if a is None else np.asarray(to_numpy(a), dtype=float) for a in x0)
+        p = prob.m
+        E = fm.basis(prob.dim, p)
+        W0, H0 = (W0 @ E) * rho, fm.project(E.T @ H0 / rho, prob.rho)
     else:
-        W0, b0, H0 = _initial_point(prob, p, init, rng)
-    param = _Param(prob, p, device)
+        W0, b0, H0 = initial_point(prob, p, init, rng)
+    param = ReducedParametrisation(prob, p, device)
     x = param.pack(W0, b0, H0)
     history = []
     best = None
     best_cert: Certificate | None = None
     escapes = restarts_done = 0
     nit = 0
+
+    def out_of_time(x: np.ndarray, f: float) -> bool:
+        return budget.expired()
+
     while True:
-        res = _lbfgs(param, x, gtol, maxiter)
+        res = lbfgs(param.fun, x, gtol=gtol, maxiter=maxiter, callback=out_of_time,
+                    callback_every=1 if budget.max_seconds is not None else 50)
         nit += int(res.nit)
         x = res.x
-        W, b, H, Wp, Hp, value, cert = _finish(prob, param, x)
+        Wp, b, Hp = param.point(x)
+        value = float(group_objective(prob, *_embedded(prob, Wp, b, Hp), check_feasible=False))
+        cert = certify(prob, Wp @ Hp, b)
         history.append({"p": param.p, "value": value, "lower_bound": cert.lower_bound,
                         "lambda_min": cert.lambda_min, "message": str(res.message)})
         # every certificate bounds the global optimum, whatever point it came from:
         # keep the lowest value and the highest bound seen over all rounds
         if best is None or value < best[0]:
-            best = (value, W, b, H, param.p)
+            best = (value, Wp, b, Hp, cert, param.p)
         if best_cert is None or cert.lower_bound > best_cert.lower_bound:
             best_cert = cert
-        value = best[0]
-        cert_lb = best_cert.lower_bound
-        gap = value - cert_lb
-        if math.isfinite(gap) and gap <= atol + rtol * abs(value):
+        if is_certified(prob, best[0], best_cert.lower_bound, rtol, atol):
             reason = "certified"
+            break
+        if budget.expired():
+            reason = f"not certified: {budget.reason()}"
             break
         lift_possible = param.p < p_max and cert.escape is not None and cert.lambda_min < 0
         if lift_possible and escapes < max_escapes:
             escapes += 1
-            new = _Param(prob, param.p + 1, device)
+            new = ReducedParametrisation(prob, param.p + 1, device)
             new.nfev = param.nfev
             x = _lift(prob, Wp, b, Hp, cert, new)
             param = new
             continue
         if restarts_done < restarts and param.p >= p_max:
             restarts_done += 1
-            W0, b0, H0 = _initial_point(prob, param.p, "random", rng)
+            W0, b0, H0 = initial_point(prob, param.p, "random", rng)
             x = param.pack(W0, b0, H0)
             continue
         reason = (
@@ -335,15 +326,19 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
             else f"not certified: {res.message}"
         )
         break
-    value, W, b, H, pused = best
-    cert = best_cert
-    return SolveResult(
-        problem=prob, value=value, lower_bound=cert.lower_bound, W=W, b=b, class_features=H,
-        method="gradient", seconds=time.perf_counter() - t0,
+    value, Wp, b, Hp, cert, pused = best
+    # the normalised problem has the same optimum: its certificates bound orig's too
+    return finish(
+        orig, Wp / rho, b, Hp * rho, method="gradient", t0=t0,
         stop_reason=reason if reason == "certified" else f"{reason}; best of {len(history)} rounds",
-        certificate=cert,
+        iterations=nit, rtol=rtol, atol=atol, certificate=None if rho != 1.0 else cert,
+        bounds=(best_cert.lower_bound,), like=like,
         info={"symmetry_reduced": False, **sym_info, "p": pused, "escapes": escapes,
-              "restarts": restarts_done, "iterations": nit, "nfev": param.nfev,
-              "rounds": history, "device": device or "numpy"},
-        rtol=rtol, atol=atol,
+              "restarts": restarts_done, "nfev": param.nfev, "rounds": history,
+              "device": device or "numpy"},
     )
+
+
+def _embedded(prob: GUFM, Wp, b, Hp):
+    W, H = embed(prob, Wp, Hp)
+    return W, b, H

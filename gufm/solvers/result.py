@@ -8,12 +8,96 @@ from typing import Any
 
 import numpy as np
 
+from gufm.backend import to_numpy
 from gufm.model.certificate import Certificate
 from gufm.model.problem import GUFM
 
-#: default certification tolerance: gap <= ATOL + RTOL * |value|
+#: default relative tolerance: certified when ``gap <= atol * loss_scale + rtol * |value|``
 RTOL = 1e-7
-ATOL = 1e-9
+#: default absolute tolerance, in units of :func:`loss_scale` (the loss at the origin)
+ATOL = 1e-12
+#: a lower bound may exceed the value by this much (times ``loss_scale + |value|``): rounding
+ROUNDING = 1e-12
+
+
+def loss_scale(prob: GUFM) -> float:
+    r"""The objective at the origin, :math:`F(0) = \sum_g p_g \ell(0, q_g)`: the problem's scale.
+
+    CE: :math:`\log K`; MSE: :math:`\tfrac12\sum_g p_g\lVert q_g\rVert^2` (``1/2`` for hard
+    labels).  ``atol`` is measured in this unit, so a tolerance means the same for every problem.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> round(loss_scale(GUFM(counts=[2, 2, 2], dim=3)), 6)
+    1.098612
+    >>> loss_scale(GUFM(counts=[1, 1], dim=2, loss="mse"))
+    0.5
+    """
+    g = prob.groups
+    if prob.loss == "ce":
+        return math.log(prob.K)
+    return 0.5 * float((g.weights * (g.targets**2).sum(0)).sum())
+
+
+def check_tolerances(rtol: float, atol: float) -> tuple[float, float]:
+    """Validate ``rtol`` (finite, ``0 <= rtol < 1``) and ``atol`` (finite, ``>= 0``).
+
+    Raises
+    ------
+    TypeError
+        For a non-real value (``bool`` included).
+    ValueError
+        For a value out of range, naming the argument.
+
+    Examples
+    --------
+    >>> check_tolerances(1e-7, 0.0)
+    (1e-07, 0.0)
+    >>> check_tolerances(2.0, 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: rtol must satisfy 0 <= rtol < 1, got 2.0
+    """
+    out = []
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+        out.append(v)
+    if not 0.0 <= out[0] < 1.0:
+        raise ValueError(f"rtol must satisfy 0 <= rtol < 1, got {out[0]}")
+    if out[1] < 0.0:
+        raise ValueError(f"atol must be >= 0, got {out[1]}")
+    return out[0], out[1]
+
+
+def is_certified(prob: GUFM, value: float, lower_bound: float, rtol: float, atol: float) -> bool:
+    r"""The certification rule (see docs/certificate.md):
+
+    .. math:: -\epsilon_r (s + |F|) \le F - L \le \mathrm{atol}\, s + \mathrm{rtol}\,|F|
+
+    with :math:`s` = :func:`loss_scale` and :math:`\epsilon_r` = :data:`ROUNDING`: the bound may
+    exceed the value only by rounding (more means one of them is wrong, which is never
+    certified), and the gap is within the relative tolerance, with an absolute floor scaled to
+    the problem so that tiny optima (``lam_W = 1e-10``) are still held to ``rtol``.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> prob = GUFM(counts=[2, 2], dim=3)
+    >>> is_certified(prob, 1.0, 1.0 - 1e-8, 1e-7, 0.0), is_certified(prob, 1.0, 1.0 - 1e-6, 1e-7, 0.0)
+    (True, False)
+    >>> is_certified(prob, 1.0, 1.0 + 1e-6, 1e-7, 0.0)  # a bound above the value
+    False
+    """
+    gap = value - lower_bound
+    if not math.isfinite(gap):
+        return False
+    s = loss_scale(prob)
+    return -ROUNDING * (s + abs(value)) <= gap <= atol * s + rtol * abs(value)
 
 
 @dataclass
@@ -41,7 +125,17 @@ class SolveResult:
     info : dict
         Method-specific diagnostics (iterations, rank used, escapes, solver status, residuals).
     rtol, atol : float
-        Certification tolerance: ``certified`` iff ``gap <= atol + rtol * |value|``.
+        Certification tolerance, see :func:`is_certified`.
+    iterations : int
+        Iterations of the method's optimiser (0 for a closed form), uniform across methods.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> from gufm.solvers import solve
+    >>> res = solve(GUFM(counts=[3, 3, 3], dim=4, lam_W=0.01))
+    >>> res.certified, res.method, res.iterations
+    (True, 'closed_form', 0)
     """
 
     problem: GUFM
@@ -57,6 +151,10 @@ class SolveResult:
     info: dict[str, Any] = field(default_factory=dict)
     rtol: float = RTOL
     atol: float = ATOL
+    iterations: int = 0
+
+    def __post_init__(self) -> None:
+        self.rtol, self.atol = check_tolerances(self.rtol, self.atol)
 
     @property
     def gap(self) -> float:
@@ -65,14 +163,13 @@ class SolveResult:
 
     @property
     def certified(self) -> bool:
-        """True when the gap is within ``atol + rtol * |value|``."""
-        g = self.gap
-        return bool(math.isfinite(g) and g <= self.atol + self.rtol * abs(self.value))
+        """True when :func:`is_certified` holds for ``value`` and ``lower_bound``."""
+        return is_certified(self.problem, self.value, self.lower_bound, self.rtol, self.atol)
 
     @property
     def rank(self) -> int:
         """Numerical rank of the Gram matrix of ``[W; Hbarᵀ]``."""
-        X = np.vstack([self.W, self.class_features.T])
+        X = np.vstack([to_numpy(self.W), to_numpy(self.class_features).T])
         s = np.linalg.svd(X, compute_uv=False)
         return int((s > 1e-6 * s[0]).sum())
 
@@ -100,7 +197,7 @@ class SolveResult:
         lines = [
             f"GUFM  K={p.K}  N={p.N}  d={p.dim}  loss={p.loss}  features={p.features}  "
             f"lam_W={p.lam_W:g}" + (f"  lam_b={p.lam_b:g}" if p.has_bias else "")
-            + (f"  lam_H={p.lam_H:g}" if p.features == "penalty" else ""),
+            + (f"  lam_H={p.lam_H:g}" if p.lam_H is not None else ""),
             f"  method       {self.method}  ({self.stop_reason})",
             f"  value        {self.value:.12g}",
             f"  lower bound  {self.lower_bound:.12g}",
@@ -120,6 +217,7 @@ class SolveResult:
             "method": self.method,
             "seconds": self.seconds,
             "stop_reason": self.stop_reason,
+            "iterations": self.iterations,
         }
 
     def __repr__(self) -> str:

@@ -16,14 +16,13 @@ rank ``m``, features renormalised, then polished by the gradient solver.
 
 from __future__ import annotations
 
-import math
-import time
-
 import numpy as np
 
 from gufm.model.certificate import certify
 from gufm.model.problem import GUFM
-from gufm.solvers.result import ATOL, RTOL, SolveResult
+from gufm.solvers.finish import Budget, failed_result, finish
+from gufm.solvers.reduced import solve_gradient
+from gufm.solvers.result import ATOL, RTOL, SolveResult, check_tolerances
 
 
 def _build(prob: GUFM):
@@ -43,14 +42,8 @@ def _build(prob: GUFM):
     obj = loss + prob.lam_W / 2 * cp.trace(A)
     if b is not None and prob.lam_b > 0:
         obj = obj + prob.lam_b / 2 * cp.sum_squares(b)
-    cons = []
-    if prob.features == "penalty":
-        obj = obj + prob.lam_H / 2 * cp.sum(cp.multiply(g.counts.astype(float), cp.diag(B)))
-    elif prob.features == "ball":
-        cons.append(cp.diag(B) <= prob.rho**2)
-    else:
-        cons.append(cp.diag(B) == prob.rho**2)
-    return cp.Problem(cp.Minimize(obj), cons), M, b
+    fterm, cons = prob.feature_model.sdp_terms(cp.diag(B), prob.rho, g.counts, prob.lam_H)
+    return cp.Problem(cp.Minimize(obj + fterm), cons), M, b
 
 
 def _round(prob: GUFM, Mv: np.ndarray, r: int):
@@ -61,14 +54,7 @@ def _round(prob: GUFM, Mv: np.ndarray, r: int):
     idx = np.argsort(w)[::-1][:r]
     X = V[:, idx] * np.sqrt(w[idx])
     Wr, Hr = X[:K], X[K:].T.copy()
-    if prob.features in ("layernorm", "sphere"):
-        n = np.linalg.norm(Hr, axis=0)
-        n[n == 0] = 1.0
-        Hr *= prob.rho / n
-    elif prob.features == "ball":
-        n = np.linalg.norm(Hr, axis=0)
-        Hr *= np.minimum(1.0, prob.rho / np.maximum(n, 1e-300))
-    return Wr, Hr
+    return Wr, prob.feature_model.project(Hr, prob.rho)
 
 
 def solve_sdp(
@@ -81,8 +67,14 @@ def solve_sdp(
     rtol: float = RTOL,
     atol: float = ATOL,
     verbose: bool = False,
+    max_seconds: float | None = None,
 ) -> SolveResult:
-    """Solve the convex relaxation, certify its lower bound and round it to a feasible point.
+    r"""Solve the convex relaxation, certify its lower bound and round it to a feasible point.
+
+    The relaxation is solved in the normalised scale (:meth:`gufm.model.problem.GUFM.normalised`:
+    radius 1, :math:`\lambda_W/\rho^2`, which has the same ``Z = W H``), so that ``A`` and
+    ``B`` have comparable entries whatever :math:`\rho`; bound and value are computed on
+    ``prob`` itself.
 
     Parameters
     ----------
@@ -94,21 +86,36 @@ def solve_sdp(
         SCS accuracy (``eps_abs = eps_rel = eps``).
     polish : bool
         Polish the rounded point with the gradient solver (recommended: SCS is first-order).
+    max_seconds : float, optional
+        Wall-time budget: passed to SCS as its ``time_limit_secs`` and to the polish; a run it
+        ends says "time limit" in ``stop_reason``.
 
     Returns
     -------
     SolveResult
         On solver failure: ``value = nan``, ``lower_bound = -inf``, ``certified = False`` and the
         reason in ``stop_reason`` (never a silent wrong number).
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> res = solve_sdp(GUFM(counts=[2, 1], dim=3, lam_W=0.1))  # doctest: +SKIP
+    >>> res.certified  # doctest: +SKIP
+    True
     """
     import cvxpy as cp
 
-    t0 = time.perf_counter()
-    K, G, d = prob.K, prob.G, prob.dim
-    problem, M, bvar = _build(prob)
-    kwargs = {"verbose": verbose}
+    rtol, atol = check_tolerances(rtol, atol)
+    budget = Budget(max_seconds)
+    t0 = budget.t0
+    K = prob.K
+    norm, rho = prob.normalised()
+    problem, M, bvar = _build(norm)
+    kwargs: dict = {"verbose": verbose}
     if solver.upper() == "SCS":
         kwargs.update(eps_abs=eps, eps_rel=eps, max_iters=max_iters)
+        if max_seconds is not None:
+            kwargs["time_limit_secs"] = max(budget.remaining(), 1e-3)
     info: dict = {"solver": solver}
     try:
         problem.solve(solver=solver, **kwargs)
@@ -117,54 +124,56 @@ def solve_sdp(
         status = f"solver error: {exc}"
     info["status"] = status
     if status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or M.value is None:
-        return SolveResult(
-            problem=prob, value=math.nan, lower_bound=-math.inf, W=np.full((K, d), np.nan),
-            b=None, class_features=np.full((d, G), np.nan), method="sdp",
-            seconds=time.perf_counter() - t0,
-            stop_reason=f"SDP solver {solver} failed: status {status!r}", info=info,
-            rtol=rtol, atol=atol,
-        )
+        why = f"SDP solver {solver} failed: status {status!r}"
+        if budget.expired():
+            why = f"{budget.reason()}: {why}"
+        return failed_result(prob, method="sdp", t0=t0, stop_reason=why, rtol=rtol, atol=atol,
+                             info=info)
     Mv = np.asarray(M.value)
     bv = None if bvar is None else np.asarray(bvar.value, dtype=float)
-    B = Mv[K:, K:]
     eig = np.linalg.eigvalsh((Mv + Mv.T) / 2)
     rank = int((eig > 1e-6 * max(eig[-1], 1e-300)).sum())
     info.update(
         solver_value=float(problem.value),
         psd_violation=float(max(0.0, -eig[0])),
-        constraint_violation=(
-            0.0 if prob.features == "penalty"
-            else float(np.max(np.diag(B) - prob.rho**2)) if prob.features == "ball"
-            else float(np.max(np.abs(np.diag(B) - prob.rho**2)))
-        ),
+        constraint_violation=_norm_violation(norm, Mv[K:, K:]),
         relaxation_rank=rank,
         rank_limit=prob.m,
         tight=bool(rank <= prob.m),
     )
-    cert = certify(prob, Mv[:K, K:], bv)
+    Z = Mv[:K, K:]  # the same in both scales
+    cert = certify(prob, Z, bv)
     info["sdp_lower_bound"] = cert.lower_bound
     r = min(prob.m, max(rank, 1))
-    Wr, Hr = _round(prob, Mv, r)
-    from gufm.model.geometry import feature_basis
-    from gufm.model.objective import group_objective
-    from gufm.solvers.reduced import solve_gradient
-
-    E = feature_basis(prob.features, d, r)
-    W, H = Wr @ E.T, E @ Hr
-    value = float(group_objective(prob, W, bv, H, check_feasible=False))
-    info["rounded_value"] = value
-    best_cert = cert
+    Wr, Hr = _round(norm, Mv, r)
+    Wr, Hr = Wr / rho, Hr * rho  # back to prob's scale
     reason = f"SDP {status}; rounded to rank {r}"
-    if polish:
-        pol = solve_gradient(prob, x0=(W, bv, H), rtol=rtol, atol=atol, restarts=0)
-        info["polish"] = {k: pol.info[k] for k in ("iterations", "p", "escapes")}
-        if pol.value <= value:
-            W, bv, H, value = pol.W, pol.b, pol.class_features, pol.value
-            reason += "; polished by gradient"
-        if pol.certificate is not None and pol.lower_bound > best_cert.lower_bound:
-            best_cert = pol.certificate
-    return SolveResult(
-        problem=prob, value=value, lower_bound=best_cert.lower_bound, W=W, b=bv,
-        class_features=H, method="sdp", seconds=time.perf_counter() - t0, stop_reason=reason,
-        certificate=best_cert, info=info, rtol=rtol, atol=atol,
-    )
+    res = finish(prob, Wr, bv, Hr, method="sdp", t0=t0, stop_reason=reason, rtol=rtol,
+                 atol=atol, certificate=cert, info=info)
+    info["rounded_value"] = res.value
+    if polish and not res.certified and not budget.expired():
+        pol = solve_gradient(prob, x0=(res.W, bv, res.class_features), rtol=rtol, atol=atol,
+                             restarts=0, max_seconds=None if max_seconds is None
+                             else budget.remaining())
+        info["polish"] = {"iterations": pol.iterations, "p": pol.info["p"],
+                          "escapes": pol.info["escapes"], "stop_reason": pol.stop_reason}
+        bounds = (cert.lower_bound,)
+        if pol.value <= res.value:
+            return finish(prob, pol.W, pol.b, pol.class_features, method="sdp", t0=t0,
+                          stop_reason=reason + "; polished by gradient", rtol=rtol,
+                          atol=atol, reduced=False, certificate=pol.certificate,
+                          bounds=bounds, info=info, iterations=pol.iterations)
+        res = finish(prob, Wr, bv, Hr, method="sdp", t0=t0, stop_reason=reason, rtol=rtol,
+                     atol=atol, certificate=cert, bounds=(pol.lower_bound,), info=info)
+    if budget.expired() and not res.certified:
+        res.stop_reason = f"{budget.reason()}: {res.stop_reason}"
+    return res
+
+
+def _norm_violation(norm: GUFM, B: np.ndarray) -> float:
+    """Violation of the feature norms ``sqrt(B_gg)`` (radius 1) by the SDP's solution."""
+    fm = norm.feature_model
+    if not fm.radial:
+        return 0.0
+    n = np.sqrt(np.clip(np.diag(B), 0.0, None))
+    return float(np.max(np.abs(n - 1.0) if fm.equality else np.clip(n - 1.0, 0.0, None)))

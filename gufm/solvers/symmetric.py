@@ -27,9 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gufm.model.certificate import certify
 from gufm.model.geometry import simplex_etf
 from gufm.model.problem import GUFM
+from gufm.solvers.closed_form import etf_scales
+from gufm.solvers.finish import Budget
 from gufm.solvers.lbfgs import lbfgs
+from gufm.solvers.result import is_certified
 
 
 @dataclass
@@ -66,8 +70,7 @@ class _SymParam:
         self.has_a = torch.tensor(types.mult >= 2, dtype=torch.float64)
         self.mult = torch.tensor(types.mult, dtype=torch.float64)
         self.wt = torch.tensor(types.mult * types.counts / prob.N, dtype=torch.float64)
-        self.slack = prob.features == "ball"
-        r = q + 1 + (1 if self.slack else 0)  # feature vector [u_t, a_t, (slack)]
+        r = prob.feature_model.latent_rows(q + 1)  # feature vector [u_t, a_t, (slack)]
         self.sizes = [q * T, T, r * T] + ([T] if prob.has_bias else [])
         self.r = r
 
@@ -83,9 +86,7 @@ class _SymParam:
         mask = torch.ones(self.r, 1, dtype=F.dtype)
         mask[self.q] = 0
         F = F * mask + F * (1 - mask) * self.has_a  # a_t exists only when m_t >= 2
-        if self.prob.features == "penalty":
-            return F[: self.q], F[self.q]
-        Fn = self.prob.rho * F / F.norm(dim=0)
+        Fn, _ = self.prob.feature_model.parametrise(F, self.prob.rho)
         return Fn[: self.q], Fn[self.q]
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,9 +115,9 @@ class _SymParam:
         val = val + prob.lam_W / 2 * (m * ((V**2).sum(0) + c**2)).sum()
         if b is not None:
             val = val + prob.lam_b / 2 * (m * b**2).sum()
-        if prob.features == "penalty":
-            n = torch.tensor(self.types.counts, dtype=S.dtype)
-            val = val + prob.lam_H / 2 * (m * n * ((U**2).sum(0) + a**2)).sum()
+        n = torch.tensor(self.types.counts, dtype=S.dtype)
+        freg, _ = prob.feature_model.regulariser(torch.cat([U, a[None]], 0), m * n, prob.lam_H)
+        val = val + freg
         return val
 
     def fun(self, x: np.ndarray):
@@ -182,15 +183,9 @@ def _etf_start(prob: GUFM, types: Types, par: _SymParam, rng: np.random.Generato
     U0 = np.zeros((q, T))
     U0[: U.shape[0]] = U
     a0 = np.sqrt(K / (K - 1.0) * (1.0 - 1.0 / m))
-    if prob.features == "penalty":
-        from gufm.solvers.closed_form import penalty_ce_scales
-
-        sw, sh = penalty_ce_scales(K, float(np.mean(types.counts)), prob.lam_W, prob.lam_H)
-        sw, sh = max(sw, 1e-2), max(sh, 1e-2)
-    else:
-        from gufm.solvers.closed_form import ce_etf_scale
-
-        sw, sh = ce_etf_scale(K, prob.rho, prob.lam_W), 1.0
+    sw, sh = etf_scales(prob)
+    if prob.feature_model.radial:
+        sh = 1.0  # the features are normalised: only directions matter
     F = np.vstack([sh * U0, sh * a0[None, :], np.zeros((par.r - q - 1, T))])
     F[: q] += 1e-3 * rng.standard_normal((q, T))
     parts = [(sw * U0).ravel(), sw * a0, F.ravel()]
@@ -200,11 +195,23 @@ def _etf_start(prob: GUFM, types: Types, par: _SymParam, rng: np.random.Generato
 
 
 def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: int = 20000,
-                    rtol: float | None = None, atol: float = 0.0, newton_steps: int = 3):
+                    rtol: float | None = None, atol: float = 0.0, newton_steps: int = 3,
+                    budget: Budget | None = None):
     """Optimise over the symmetric family and lift; returns ``(W, b, H, info)`` in ``R^p``
     coordinates (``p <= m``), or ``None`` when the reduction does not apply or does not fit.
+
     With ``rtol`` set, up to ``newton_steps`` Newton steps follow L-BFGS until the lifted
-    point's dual certificate closes the gap to ``atol + rtol |F|``."""
+    point's dual certificate closes the gap of :func:`gufm.solvers.result.is_certified`.
+    ``budget`` (a :class:`gufm.solvers.finish.Budget`) stops L-BFGS and skips Newton steps
+    once spent.  The caller finishes (evaluates and certifies) the lifted point.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> W, b, H, info = solve_symmetric(GUFM(counts=[4, 4, 4, 2, 2, 2], dim=7, lam_W=0.05))
+    >>> W.shape, H.shape, info["types"]
+    ((6, 6), (6, 6), 2)
+    """
     types = class_types(prob)
     if types is None or types.T > 0.75 * prob.K:  # too few ties to pay off
         return None
@@ -213,27 +220,25 @@ def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: i
         return None
     par = _SymParam(prob, types, q)
     x0 = _etf_start(prob, types, par, np.random.default_rng(seed))
-    res = lbfgs(par.fun, x0, gtol=gtol, maxiter=maxiter)
+    budget = Budget(None) if budget is None else budget
+    res = lbfgs(par.fun, x0, gtol=gtol, maxiter=maxiter, callback=lambda x, f: budget.expired(),
+                callback_every=1 if budget.max_seconds is not None else 50)
     x, newton = res.x, 0
-    if rtol is not None:
-        from gufm.model.certificate import certify
+    if rtol is not None and not budget.expired():
 
-        def gap(x: np.ndarray) -> tuple[float, float]:
+        def closed(x: np.ndarray) -> bool:
             f = par.fun(x)[0]
             W, b, H = par.lift(x)
-            return f, f - certify(prob, W @ H, b).lower_bound
-
-        f, g_ = gap(x)
+            return is_certified(prob, f, certify(prob, W @ H, b).lower_bound, rtol, atol)
         # Newton polish: quasi-Newton tails converge slowly on this ill-conditioned problem and
         # the certificate amplifies stationarity errors by rho^2 K; one or two Newton steps
         # (Hessian-vector products by double backward, MINRES for the singular Hessian) close it
-        while g_ > atol + rtol * abs(f) and newton < newton_steps:
+        while not closed(x) and newton < newton_steps and not budget.expired():
             newton += 1
             xn = par.newton_step(x)
             if np.abs(par.fun(xn)[1]).max() >= np.abs(par.fun(x)[1]).max():
                 break
             x = xn
-            f, g_ = gap(x)
     W, b, H = par.lift(x)
     return W, b, H, {"types": types.T, "q": q, "sym_iterations": res.nit, "newton_steps": newton,
                      "sym_message": res.message, "sym_value": res.fun}

@@ -115,37 +115,6 @@ def test_gradient_taylor_remainder(kw, rng):
     assert 1.9 < slope < 2.1
 
 
-def test_reduced_parametrisation_taylor(rng):
-    """The solver's chain rule through the sphere/ball parametrisations, by Taylor remainder."""
-    from gufm.solvers.reduced import _Param
-
-    for kw in CASES:
-        prob = gufm.GUFM(counts=[3, 2, 2], dim=5, lam_W=0.2, **kw)
-        par = _Param(prob, 3)
-        x = rng.standard_normal(par.nW + par.nb + par.q * prob.G)
-        v = rng.standard_normal(x.shape)
-        f0, g = par.fun(x)
-        ts = np.logspace(-2, -5, 7)
-        rem = [abs(par.fun(x + t * v)[0] - f0 - t * g @ v) for t in ts]
-        slope = np.polyfit(np.log(ts), np.log(rem), 1)[0]
-        assert 1.9 < slope < 2.1, (kw, slope)
-
-
-def test_full_parametrisation_taylor(rng):
-    from gufm.solvers.full_n import _FullParam
-
-    for kw in CASES:
-        prob = gufm.GUFM(counts=[3, 2, 2], dim=4, lam_W=0.2, **kw)
-        par = _FullParam(prob)
-        x = rng.standard_normal(par.n)
-        v = rng.standard_normal(x.shape)
-        f0, g = par.fun(x)
-        ts = np.logspace(-2, -5, 7)
-        rem = [abs(par.fun(x + t * v)[0] - f0 - t * g @ v) for t in ts]
-        slope = np.polyfit(np.log(ts), np.log(rem), 1)[0]
-        assert 1.9 < slope < 2.1, (kw, slope)
-
-
 def test_objective_input_errors(rng):
     prob = gufm.GUFM(counts=[2, 2], dim=3, lam_W=0.1)
     W, b, H = random_point(prob, rng)
