@@ -103,8 +103,244 @@ def run(depths: list[int], *, arch: str = "rn1", dataset: str = "digits", n_per_
     }
 
 
+# ----------------------------------------------------------------------------- the study
+#: rows of the committed study: (label, arch, dataset, n_per_class, lam_rule, seeds, depths)
+STUDY_ROWS = (
+    ("L-RN1 / digits", "rn1", "digits", 50, "const", (0, 1, 2), (2, 3, 5, 8, 13)),
+    ("L-RN2 / digits (lam/L)", "rn2", "digits", 50, "inverse-depth", (0, 1, 2), (2, 3, 5, 8, 13)),
+    ("L-RN1 / fashion-mnist", "rn1", "fashion-mnist", 100, "const", (0, 1), (2, 3, 5, 8, 13)),
+    ("L-RN2 / fashion-mnist (lam/L)", "rn2", "fashion-mnist", 100, "inverse-depth", (0, 1),
+     (2, 3, 5, 8, 13)),
+)
+STUDY_SETTINGS = dict(width=64, lam=0.005, lr=0.005, epochs=300, polish_steps=300,
+                      continue_epochs=100, loss="ce")
+FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def _load(dataset: str, n_per_class: int) -> Any:
+    from gufm.deep.data import load_dataset
+
+    root = FASHION_ROOT if dataset == "fashion-mnist" else None
+    return load_dataset(dataset, root=root, n_per_class=n_per_class, seed=0)
+
+
+def study_task(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """One (row, seed): the continuation chain (fresh, split, continued at every depth) and the
+    L = 0 embedding-only reference (runs in a worker process, one torch thread)."""
+    import torch
+
+    from gufm.deep.pipeline import continuation_chain, embedding_only
+
+    torch.set_num_threads(1)
+    ds = _load(task["dataset"], task["n_per_class"])
+    st = task["settings"]
+    kw = dict(polish_steps=st["polish_steps"])
+    t0 = time.perf_counter()
+    ref = embedding_only(ds, st["width"], lam=st["lam"], loss=st["loss"], lr=st["lr"],
+                         epochs=st["epochs"], seed=task["seed"], **kw)
+    rows = [dict(ref, depth=0, kind="embedding-only", lam=st["lam"], best=True)]
+    rows += continuation_chain(task["arch"], task["depths"], st["width"], ds, None,
+                               st["epochs"], st["lam"], st["lr"], task["seed"], st["loss"],
+                               lam_rule=task["lam_rule"],
+                               continue_epochs=st["continue_epochs"], **kw)
+    X = ds.X.reshape(ds.N, -1).double().numpy()
+    rank = int(np.linalg.matrix_rank(X))
+    for r in rows:
+        r.update(row=task["row"], arch=task["arch"], dataset=task["dataset"],
+                 seed=task["seed"], N=ds.N, input_rank=rank, lam_rule=task["lam_rule"])
+    rows[0]["task_seconds"] = time.perf_counter() - t0
+    return rows
+
+
+def run_study(out: str, *, jobs: int = 2, max_minutes: float = 35.0,
+              rows: tuple = STUDY_ROWS) -> None:
+    """Run every (row, seed) task (seed-major order, so every row gets its first seeds first),
+    appending each task's rows to ``out/runs.jsonl``; tasks already there are skipped, and no
+    new task starts after ``max_minutes``."""
+    import json
+    import multiprocessing as mp
+    from pathlib import Path
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "runs.jsonl"
+    done = set()
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["row"], r["seed"]))
+    tasks = []
+    for seed in range(max(len(r[5]) for r in rows)):
+        for label, arch, dataset, n, rule, seeds, depths in rows:
+            if seed < len(seeds) and (label, seeds[seed]) not in done:
+                tasks.append(dict(row=label, arch=arch, dataset=dataset, n_per_class=n,
+                                  lam_rule=rule, seed=seeds[seed], depths=list(depths),
+                                  settings=STUDY_SETTINGS))
+    t0 = time.perf_counter()
+    ctx = mp.get_context("fork")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        pending = {}
+        it = iter(tasks)
+
+        def submit() -> None:
+            if time.perf_counter() - t0 > 60 * max_minutes:
+                return
+            t = next(it, None)
+            if t is not None:
+                pending[pool.submit(study_task, t)] = t
+
+        for _ in range(jobs):
+            submit()
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        while pending:
+            fin, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for f in fin:
+                t = pending.pop(f)
+                res = f.result()
+                with log.open("a") as fh:
+                    for r in res:
+                        fh.write(json.dumps(r) + "\n")
+                print(f"done {t['row']} seed {t['seed']} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                submit()
+
+
+def local_slopes(depths: list[float], values: list[float]) -> list[float]:
+    """log-log slopes between consecutive depths (NaN where a value is not positive)."""
+    out = []
+    for (a, x), (b, y) in zip(zip(depths, values, strict=True),
+                              list(zip(depths, values, strict=True))[1:], strict=False):
+        out.append(math.log(y / x) / math.log(b / a) if x > 0 and y > 0 else math.nan)
+    return out
+
+
+def render_study(out: str) -> str:
+    """Tables (``study.md``), slopes (``slopes.json``) and the figure (``gap.png``) from
+    ``out/runs.jsonl``; returns the markdown."""
+    import json
+    from pathlib import Path
+
+    folder = Path(out)
+    runs = [json.loads(x) for x in (folder / "runs.jsonl").read_text().splitlines()]
+    md = ["# Depth study: the sandwich GUFM optimum <= best e2e network",
+          "", "Reproduce: `python -m benchmarks.depth_table study --out "
+          "benchmarks/results/study` then `python -m benchmarks.depth_table render "
+          "benchmarks/results/study`.", "",
+          f"Settings: {json.dumps(STUDY_SETTINGS)}; CE; Adam full batch then the float64 "
+          "L-BFGS polish; continuation: the best network of the previous depth split "
+          "(`split`), then trained `continue_epochs` epochs + polish (`continued`). "
+          "`best e2e` is the lowest of fresh/split/continued; `conv` counts the seeds whose "
+          "best run met the gradient criterion (grad norm <= 1e-4).", ""]
+    slopes: dict[str, Any] = {}
+    for label in dict.fromkeys(r["row"] for r in runs):
+        rr = [r for r in runs if r["row"] == label]
+        seeds = sorted({r["seed"] for r in rr})
+        depths = sorted({r["depth"] for r in rr})
+        N, rank = rr[0]["N"], rr[0]["input_rank"]
+        md += [f"## {label}", "", f"N = {N}, input rank = {rank}, seeds {seeds}.", ""]
+        if N <= rank:
+            md += ["**FLAG: N <= rank of the inputs: the embedding alone can reach the GUFM "
+                   "optimum; this row says nothing about depth.**", ""]
+        md += ["| L | GUFM opt | best e2e | gap | head gap | body reg | body reg x L | "
+               "fresh gap | split gap | continued gap | conv | local slope (gap) |",
+               "|" + "---|" * 12]
+        per_seed_best: dict[int, dict[int, dict[str, Any]]] = {}
+        for s in seeds:
+            for L in depths:
+                cand = [r for r in rr if r["seed"] == s and r["depth"] == L]
+                if cand:
+                    per_seed_best.setdefault(L, {})[s] = min(cand,
+                                                             key=lambda r: r["e2e_objective"])
+        mean_gap = []
+        for L in depths:
+            bs = list(per_seed_best.get(L, {}).values())
+
+            def m(key: str, rows: list[dict[str, Any]] = bs) -> float:
+                return float(np.mean([r[key] for r in rows])) if rows else math.nan
+
+            def kind_gap(kind: str, L: int = L, rr: list = rr) -> str:
+                v = [r["gap"] for r in rr if r["depth"] == L and r["kind"] == kind]
+                return f"{np.mean(v):.5f}" if v else "-"
+            mean_gap.append(m("gap"))
+            conv = sum(bool(r["converged"]) for r in bs)
+            md.append(f"| {L} | {m('gufm_optimum'):.6f} | {m('e2e_objective'):.6f} | "
+                      f"{m('gap'):.5f} | {m('head_gap'):.5f} | {m('body_penalty'):.5f} | "
+                      f"{m('body_penalty') * L:.5f} | {kind_gap('fresh')} | "
+                      f"{kind_gap('split')} | {kind_gap('continued')} | {conv}/{len(bs)} | "
+                      "SLOPE |")
+        dpos = [L for L in depths if L > 0]
+        loc = local_slopes(dpos, [g for L, g in zip(depths, mean_gap, strict=True) if L > 0])
+        cells = ["-"] + ["-"] + [f"{v:+.2f}" for v in loc]
+        cells = cells[-len(depths):] if len(depths) > len(dpos) else cells[1:]
+        k = 0
+        for i, line in enumerate(md):
+            if line.endswith("SLOPE |"):
+                md[i] = line.replace("SLOPE", cells[k] if k < len(cells) else "-")
+                k += 1
+        # per-seed log-log slopes of the best gap over L > 0, mean and standard error
+        ss = []
+        for s in seeds:
+            pts = [(L, per_seed_best[L][s]["gap"]) for L in dpos if s in per_seed_best.get(L, {})]
+            if len(pts) >= 2:
+                ss.append(slope([p[0] for p in pts], [p[1] for p in pts]))
+        mean = float(np.mean(ss)) if ss else math.nan
+        se = float(np.std(ss, ddof=1) / math.sqrt(len(ss))) if len(ss) > 1 else math.nan
+        grows = bool(len(loc) and np.nanmean(loc[-2:]) > 0)
+        slopes[label] = {"gap_slope_mean": mean, "gap_slope_se": se, "per_seed": ss,
+                         "local_slopes": loc, "depths": dpos, "gap_grows_with_depth": grows,
+                         "embedding_alone_reaches_gufm": N <= rank}
+        md += ["", f"log-log slope of the best gap over L = {dpos[0]}..{dpos[-1]}: "
+                   f"{mean:+.3f} +- {se:.3f} (mean +- standard error over {len(ss)} seeds); "
+                   f"local slopes at the deepest depths: "
+                   + ", ".join(f"{v:+.2f}" for v in loc[-2:])]
+        if grows:
+            md += ["", "**FLAG: the gap grows with depth at the deepest depths of this row.**"]
+        md.append("")
+    (folder / "study.md").write_text("\n".join(md) + "\n")
+    (folder / "slopes.json").write_text(json.dumps(slopes, indent=1) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label in slopes:
+            rr = [r for r in runs if r["row"] == label and r["depth"] > 0]
+            ds_ = sorted({r["depth"] for r in rr})
+            best = [np.mean([min((r for r in rr if r["depth"] == L and r["seed"] == s),
+                                 key=lambda r: r["e2e_objective"])["gap"]
+                             for s in {r["seed"] for r in rr if r["depth"] == L}])
+                    for L in ds_]
+            ax.loglog(ds_, best, "o-", label=label)
+        ax.set_xlabel("depth L")
+        ax.set_ylabel("best e2e - GUFM optimum")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "gap.png", dpi=120)
+    except ImportError:  # pragma: no cover - matplotlib is optional
+        pass
+    return "\n".join(md)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
     from benchmarks._common import write_json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("study", "render"):
+        q = argparse.ArgumentParser(description="the committed depth study")
+        q.add_argument("cmd")
+        q.add_argument("--out", default="benchmarks/results/study")
+        q.add_argument("--jobs", type=int, default=2)
+        q.add_argument("--max-minutes", type=float, default=35.0)
+        b = q.parse_args(argv)
+        if b.cmd == "study":
+            run_study(b.out, jobs=b.jobs, max_minutes=b.max_minutes)
+        print(render_study(b.out))
+        return 0
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depths", type=int, nargs="+", default=[2, 5, 13, 34])

@@ -1,4 +1,5 @@
-"""Train a network and compare it with the GUFM in one call (the unit of a depth sweep)."""
+"""Train a network and compare it with the GUFM in one call (the unit of a depth sweep), and
+the depth-continuation chain (fresh, split-only and continued networks at every depth)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
+from gufm.deep.checkpoint import load_network, save_network
+from gufm.deep.continuation import deepen
 from gufm.deep.data import load_dataset
 from gufm.deep.nets import model_for
 from gufm.deep.reduction import TRAIN_AND_COMPARE_KEYS, compare
-from gufm.deep.training import train
+from gufm.deep.training import GTOL, train
 from gufm.deep.vectorized import stacked_adam
 
 DATA_OPTIONS = ("root", "data_root", "normalize", "split", "data_seed", "vocab_size", "seq_len",
@@ -41,36 +45,92 @@ def train_and_compare(arch: str, depth: int, width: int, dataset: Any, n_per_cla
     **kw
         Data options (``root``/``data_root``, ``normalize``, ``data_seed``, ``vocab_size``,
         ``seq_len``, ``num_classes``), model options (``ln_eps``, ``bias``, ``patch_size``,
-        ``mlp_hidden``) and any :func:`gufm.training.train` option (``polish_steps``,
-        ``batch_size``, ``checkpoint``, ``progress`` (default False), ...).
+        ``mlp_hidden``), any :func:`gufm.training.train` option (``polish_steps``,
+        ``batch_size``, ``checkpoint``, ``progress`` (default False), ...), ``init_from`` (a
+        network file or network of depth <= ``depth`` to start from, deepened by
+        :func:`gufm.deep.continuation.deepen`; ``arch``/``width`` then come from it) and
+        ``save`` (write the trained network there, :func:`gufm.deep.checkpoint.save_network`).
 
     Returns
     -------
     dict
         Exactly the keys :data:`TRAIN_AND_COMPARE_KEYS`: ``e2e_objective, gufm_optimum, gap,
-        head_objective, nc1, nc2, nc3, gufm_distance, train_accuracy, grad_norm, seconds``
-        (``nc2`` is ``nc2_classifier``; ``seconds`` covers loading, training and comparing).
+        head_objective, head_gap, body_penalty, nc1, nc2, nc3, gufm_distance,
+        train_accuracy, grad_norm, converged, seconds`` (``nc2`` is ``nc2_classifier``;
+        ``converged`` a bool; ``seconds`` covers loading, training and comparing), then
+        ``stop_reason`` (a string; the sweeps keep only the numbers).
     """
     t0 = time.perf_counter()
+    init_from = kw.pop("init_from", None)
+    save = kw.pop("save", None)
     data_kw = {k: kw.pop(k) for k in DATA_OPTIONS if k in kw}
     model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}
+    ds = _dataset(dataset, n_per_class, data_kw)
+    if init_from is not None:
+        model = initial_model(init_from, depth)
+    else:
+        model = model_for(ds, arch, depth, width, seed=int(seed), **model_kw)
+    out, _ = _train_compare(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=seed,
+                            device=device, save=save, **kw)
+    out["seconds"] = time.perf_counter() - t0
+    return {k: out[k] for k in TRAIN_AND_COMPARE_KEYS} | {"stop_reason": out["stop_reason"]}
+
+
+def _dataset(dataset: Any, n_per_class: int | None, data_kw: dict[str, Any]) -> Any:
     if isinstance(dataset, str):
         root = data_kw.pop("root", None) or data_kw.pop("data_root", None)
         data_kw.pop("data_root", None)
-        ds = load_dataset(dataset, root=root, n_per_class=n_per_class,
-                          seed=int(data_kw.pop("data_seed", 0)), **data_kw)
-    else:
-        if data_kw:
-            raise ValueError(f"data options {sorted(data_kw)} need a dataset name, not a Dataset")
-        ds = dataset
-    model = model_for(ds, arch, depth, width, seed=int(seed), **model_kw)
+        return load_dataset(dataset, root=root, n_per_class=n_per_class,
+                            seed=int(data_kw.pop("data_seed", 0)), **data_kw)
+    if data_kw:
+        raise ValueError(f"data options {sorted(data_kw)} need a dataset name, not a Dataset")
+    return dataset
+
+
+def initial_model(init: Any, depth: int) -> nn.Module:
+    """The starting network of ``depth`` blocks from a saved network (path) or a network:
+    deepened by :func:`gufm.deep.continuation.deepen` when it is shallower.
+
+    Raises
+    ------
+    ValueError
+        The saved network is deeper than ``depth``.
+    gufm.deep.checkpoint.CheckpointError
+        Not a usable network file.
+
+    Examples
+    --------
+    >>> from gufm.deep.nets import make_model
+    >>> initial_model(make_model("rn1", 2, 8, (1, 4, 4), 3), 4).depth
+    4
+    """
+    model = load_network(init)[0] if not isinstance(init, nn.Module) else init
+    if model.depth > int(depth):
+        raise ValueError(f"init_from: the saved network has depth {model.depth} > --depth "
+                         f"{depth}; continuation only deepens")
+    return deepen(model, int(depth))
+
+
+def _train_compare(model: nn.Module, ds: Any, *, lam: float, loss: str, lr: float, epochs: int,
+                   seed: int, device: str = "cpu", save: Any = None, train_model: bool = True,
+                   **kw: Any) -> tuple[dict[str, Any], nn.Module]:
+    """Train ``model`` (unless ``train_model`` is False) and compare it; the result dictionary
+    (keys :data:`TRAIN_AND_COMPARE_KEYS` plus ``stop_reason``) and the model."""
     kw.setdefault("progress", False)
-    train(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=int(seed), device=device,
-          **kw)
-    res = compare(model, ds, lam=lam, loss=loss)
+    gtol = float(kw.get("polish_tol", GTOL))
+    reason = "not trained (split only)"
+    if train_model:
+        tr = train(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=int(seed),
+                   device=device, **kw)
+        reason = tr.stop_reason
+    res = compare(model, ds, lam=lam, loss=loss, gtol=gtol, stop_reason=reason)
+    if save is not None:
+        save_network(model, save, comparison={k: v for k, v in res.to_dict().items()
+                                              if k != "collapse"})
     out = {k: getattr(res, k) for k in TRAIN_AND_COMPARE_KEYS if k != "seconds"}
-    out["seconds"] = time.perf_counter() - t0
-    return {k: out[k] for k in TRAIN_AND_COMPARE_KEYS}
+    out = {k: (v if isinstance(v, bool) else float(v)) for k, v in out.items()}
+    out["stop_reason"] = reason
+    return out, model
 
 
 def train_and_compare_seeds(arch: str, depth: int, width: int, dataset: Any,
@@ -107,13 +167,7 @@ def train_and_compare_seeds(arch: str, depth: int, width: int, dataset: Any,
     kw.pop("batch_size", None)
     data_kw = {k: kw.pop(k) for k in DATA_OPTIONS if k in kw}
     model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}
-    if isinstance(dataset, str):
-        root = data_kw.pop("root", None) or data_kw.pop("data_root", None)
-        data_kw.pop("data_root", None)
-        ds = load_dataset(dataset, root=root, n_per_class=n_per_class,
-                          seed=int(data_kw.pop("data_seed", 0)), **data_kw)
-    else:
-        ds = dataset
+    ds = _dataset(dataset, n_per_class, data_kw)
     dev = torch.device(device)
     models = [model_for(ds, arch, depth, width, seed=s, **model_kw).to(dev) for s in seeds]
     X = ds.X.to(dev)
@@ -121,11 +175,135 @@ def train_and_compare_seeds(arch: str, depth: int, width: int, dataset: Any,
     if X.is_floating_point():
         X = X.to(next(models[0].parameters()).dtype)
     stacked_adam(models, X, y, lam=lam, loss=loss, lr=lr, epochs=int(epochs))
-    kw.setdefault("progress", False)
     out = []
     for s, m in zip(seeds, models, strict=True):
-        train(m, ds, lam=lam, loss=loss, lr=lr, epochs=0, seed=s, device=device, **kw)
-        res = compare(m, ds, lam=lam, loss=loss)
-        out.append({k: getattr(res, k) for k in TRAIN_AND_COMPARE_KEYS if k != "seconds"})
+        out.append(_train_compare(m, ds, lam=lam, loss=loss, lr=lr, epochs=0, seed=s,
+                                  device=device, **dict(kw))[0])
     sec = (time.perf_counter() - t0) / len(seeds)
     return [{k: (d[k] if k != "seconds" else sec) for k in TRAIN_AND_COMPARE_KEYS} for d in out]
+
+
+#: the three networks of a continuation chain at one depth
+CHAIN_KINDS = ("fresh", "split", "continued")
+
+
+def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: Any,
+                       n_per_class: int | None, epochs: int, lam: float, lr: float, seed: int,
+                       loss: str = "ce", device: str = "cpu", *, lam_rule: str = "const",
+                       continue_epochs: int | None = None, fresh: bool = True,
+                       **kw: Any) -> list[dict[str, Any]]:
+    r"""Depth continuation along one row: at every depth the fresh, split-only and continued
+    networks, and the row's upper bound (the lowest of the three).
+
+    Depths are run in increasing order.  At depth :math:`L_i` (:math:`i > 0`) the best
+    network of :math:`L_{i-1}` (lowest e2e objective among its fresh and continued runs) is
+    deepened (:func:`gufm.deep.continuation.deepen`): compared as is (``"split"``, an upper
+    bound for free), then trained with ``continue_epochs`` Adam epochs (default
+    ``epochs // 4``) and the polish (``"continued"``).  The first depth has only ``"fresh"``
+    (and a continued chain starts from it); ``fresh=False`` skips the fresh runs after the
+    first depth.
+
+    Parameters
+    ----------
+    arch, width, dataset, n_per_class, epochs, lr, seed, loss, device, **kw
+        As :func:`train_and_compare`.
+    depths : sequence of int
+    lam : float
+        :math:`\lambda` (``lam_rule="const"``) or its base (``"inverse-depth"``:
+        :math:`\lambda/L`).
+    lam_rule : {"const", "inverse-depth"}
+    continue_epochs : int, optional
+    fresh : bool
+
+    Returns
+    -------
+    list of dict
+        One per (depth, kind): ``depth``, ``kind``, ``lam``, ``best`` (whether it is the
+        row's upper bound at that depth), ``stop_reason`` and the keys of
+        :data:`TRAIN_AND_COMPARE_KEYS`.
+
+    Examples
+    --------
+    >>> rows = continuation_chain("rn1", [1, 2], 8, "digits", 2, 5, 0.01, 0.01, 0,
+    ...                           polish_steps=5)
+    >>> [(r["depth"], r["kind"]) for r in rows]
+    [(1, 'fresh'), (2, 'fresh'), (2, 'split'), (2, 'continued')]
+    >>> sum(r["best"] for r in rows if r["depth"] == 2)
+    1
+    """
+    if lam_rule not in ("const", "inverse-depth"):
+        raise ValueError(f"lam_rule must be 'const' or 'inverse-depth', got {lam_rule!r}")
+    depths = sorted({int(d) for d in depths})
+    if not depths:
+        raise ValueError("depths must not be empty")
+    cont = max(1, int(epochs) // 4) if continue_epochs is None else int(continue_epochs)
+    data_kw = {k: kw.pop(k) for k in DATA_OPTIONS if k in kw}
+    model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}
+    ds = _dataset(dataset, n_per_class, data_kw)
+    rows: list[dict[str, Any]] = []
+    prev: nn.Module | None = None
+    for i, L in enumerate(depths):
+        lam_L = float(lam) / L if lam_rule == "inverse-depth" else float(lam)
+        here: list[tuple[dict[str, Any], nn.Module]] = []
+        t0 = time.perf_counter()
+        if i == 0 or fresh:
+            m = model_for(ds, arch, L, width, seed=int(seed), **model_kw)
+            here.append(("fresh", *_train_compare(m, ds, lam=lam_L, loss=loss, lr=lr,
+                                                  epochs=epochs, seed=seed, device=device,
+                                                  **dict(kw))))
+            here[-1][1]["seconds"] = time.perf_counter() - t0
+        if prev is not None:
+            t0 = time.perf_counter()
+            split = deepen(prev, L)
+            here.append(("split", *_train_compare(split, ds, lam=lam_L, loss=loss, lr=lr,
+                                                  epochs=0, seed=seed, device=device,
+                                                  train_model=False, **dict(kw))))
+            here[-1][1]["seconds"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            m = deepen(prev, L)
+            here.append(("continued", *_train_compare(m, ds, lam=lam_L, loss=loss, lr=lr,
+                                                      epochs=cont, seed=seed, device=device,
+                                                      **dict(kw))))
+            here[-1][1]["seconds"] = time.perf_counter() - t0
+        best = min(range(len(here)), key=lambda j: here[j][1]["e2e_objective"])
+        for j, (kind, out, _) in enumerate(here):
+            rows.append({"depth": L, "kind": kind, "lam": lam_L, "best": j == best} | out)
+        trained = [(o["e2e_objective"], m) for k, o, m in here if k != "split"]
+        prev = min(trained, key=lambda t: t[0])[1]
+    return rows
+
+
+def embedding_only(dataset: Any, width: int, *, lam: float, loss: str = "ce", lr: float = 5e-3,
+                   epochs: int = 1000, seed: int = 0, device: str = "cpu",
+                   **kw: Any) -> dict[str, Any]:
+    r"""The L = 0 reference: embedding, LayerNorm and classifier only, trained and compared.
+
+    Built as a one-block L-RN1 whose block matrix is fixed at 0 (the block is then
+    :math:`x \mapsto \operatorname{LN}_\varepsilon(x)`, a positive per-sample rescaling that the
+    last, exact LayerNorm removes), so the features are :math:`\operatorname{LN}(E x)`.  When
+    :math:`N \le \operatorname{rank}(X)` the embedding alone can place every sample at its
+    GUFM-optimal feature and this gap is ~0.
+
+    Returns
+    -------
+    dict
+        The keys of :data:`TRAIN_AND_COMPARE_KEYS` plus ``stop_reason``.
+
+    Examples
+    --------
+    >>> from gufm.deep.data import load_dataset
+    >>> ds = load_dataset("digits", n_per_class=2, seed=0)
+    >>> out = embedding_only(ds, 8, lam=0.01, epochs=3, polish_steps=3)
+    >>> out["gap"] >= 0 and out["body_penalty"] >= 0
+    True
+    """
+    t0 = time.perf_counter()
+    model = model_for(dataset, "rn1", 1, width, seed=int(seed))
+    with torch.no_grad():
+        for p in model.blocks.parameters():
+            p.zero_()
+            p.requires_grad_(False)
+    out, _ = _train_compare(model, dataset, lam=lam, loss=loss, lr=lr, epochs=epochs,
+                            seed=seed, device=device, **kw)
+    out["seconds"] = time.perf_counter() - t0
+    return out

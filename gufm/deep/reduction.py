@@ -32,14 +32,18 @@ import torch
 from torch import nn
 
 from gufm.collapse.metrics import collapse_report
-from gufm.deep.training import full_objective, gradient_norms
+from gufm.deep.data.ties import tied_soft_labels
+from gufm.deep.invariance import gradient_norms
+from gufm.deep.objective import full_objective
+from gufm.deep.polish import GTOL
 from gufm.model.objective import feasibility_violation, objective
 from gufm.model.problem import GUFM
 from gufm.solvers import solve
 
 #: keys of :func:`train_and_compare`'s dictionary (the depth sweeps rely on them)
-TRAIN_AND_COMPARE_KEYS = ("e2e_objective", "gufm_optimum", "gap", "head_objective", "nc1", "nc2",
-                          "nc3", "gufm_distance", "train_accuracy", "grad_norm", "seconds")
+TRAIN_AND_COMPARE_KEYS = ("e2e_objective", "gufm_optimum", "gap", "head_objective", "head_gap",
+                          "body_penalty", "nc1", "nc2", "nc3", "gufm_distance",
+                          "train_accuracy", "grad_norm", "converged", "seconds")
 
 
 class ReductionViolation(RuntimeError):
@@ -60,7 +64,14 @@ class ComparisonResult:
     head_objective : float
         ``gufm.objective`` at (classifier, learned features): GUFM-feasible, so >= the optimum.
     gufm_optimum : float
-        Optimal GUFM value (``gufm.solve``) for the same class counts, d, loss, lambda.
+        Optimal GUFM value (``gufm.solve``) for the same data, d, loss, lambda: one feature
+        per distinct input, so soft labels (:func:`gufm.data.tied_soft_labels`) when identical
+        inputs carry different labels (for MSE plus the constant the soft loss drops), else
+        the hard-label GUFM of the class counts.
+    gufm_optimum_hard : float
+        The hard-label GUFM optimum (one free feature per sample); ``<= gufm_optimum``.
+    distinct_inputs, conflicting_inputs : int
+        Distinct inputs, and those among them seen with more than one label.
     gufm_lower_bound : float
         The solver's certified lower bound (equal to the optimum up to tolerance when
         ``gufm_certified``).
@@ -69,6 +80,9 @@ class ComparisonResult:
         ``e2e_objective - gufm_optimum``.
     head_gap : float
         ``head_objective - gufm_optimum``.
+    body_penalty : float
+        ``e2e_objective - head_objective``: the penalty of every parameter but the
+        classifier's (the body regularisation; ``gap = head_gap + body_penalty``).
     collapse : dict
         :func:`gufm.metrics.collapse_report` of the learned features and classifier.
     nc1, nc2, nc3, gufm_distance : float
@@ -76,12 +90,14 @@ class ComparisonResult:
         ``collapse["gufm_distance"]``.
     train_accuracy : float
     grad_norm, grad_norm_exact : float
-        See :func:`gufm.training.gradient_norms` (float64).
+        See :func:`gufm.deep.invariance.gradient_norms` (float64): ``grad_norm`` is the
+        gradient norm of the reduced objective, the scale-invariant directions excluded.
     grad_norm_rest : float
-        The gradient norm over all parameters except the input embedding's (``embed.*``): the
-        remaining gradient of a trained network typically sits in the embedding, at a few
-        samples whose embedding :math:`E x_i` the optimiser drives to the LayerNorm's singular
-        point (a multiple of the all-ones vector).
+        The gradient norm over all parameters outside the scale-invariant groups.
+    converged : bool
+        ``grad_norm <= gtol`` (the criterion of :func:`gufm.deep.training.train`).
+    stop_reason : str
+        Why training stopped (passed in by the caller; ``"unknown"`` otherwise).
     feature_violation : float
         Largest deviation of the features from the LayerNorm sphere (relative to rho).
     N, K, d : int
@@ -100,6 +116,7 @@ class ComparisonResult:
     gufm_certified: bool
     gap: float
     head_gap: float
+    body_penalty: float
     nc1: float
     nc2: float
     nc3: float
@@ -108,6 +125,8 @@ class ComparisonResult:
     grad_norm: float
     grad_norm_exact: float
     grad_norm_rest: float
+    converged: bool
+    stop_reason: str
     feature_violation: float
     N: int
     K: int
@@ -117,6 +136,9 @@ class ComparisonResult:
     bias: bool
     seconds: float
     collapse: dict[str, float] = field(default_factory=dict)
+    gufm_optimum_hard: float = math.nan
+    distinct_inputs: int = 0
+    conflicting_inputs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary (python scalars)."""
@@ -138,7 +160,8 @@ def _features_and_logits(model: nn.Module, X: torch.Tensor, chunk: int | None
 
 def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
             bias: bool | None = None, chunk_size: int | None = None, atol: float = 1e-9,
-            rtol: float = 1e-8, solve_options: dict[str, Any] | None = None) -> ComparisonResult:
+            rtol: float = 1e-8, solve_options: dict[str, Any] | None = None,
+            gtol: float = GTOL, stop_reason: str = "unknown") -> ComparisonResult:
     r"""Compare a network with the GUFM optimum (module docstring).
 
     Parameters
@@ -159,6 +182,10 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
         Tolerance of the inequality checks: ``lhs >= rhs - (atol + rtol * |rhs|)``.
     solve_options : dict, optional
         Keyword arguments for :func:`gufm.solve`.
+    gtol : float
+        ``converged`` is ``grad_norm <= gtol`` (default: the trainer's ``polish_tol``).
+    stop_reason : str
+        Recorded as is (the trainer's ``stop_reason``).
 
     Returns
     -------
@@ -203,9 +230,18 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
                      lam_b=lam_b)
     viol = float(feasibility_violation(prob, H))
     head = float(objective(prob, W, b, H, check_feasible=True))
-    sol = solve(GUFM(counts=counts, dim=d, loss=loss, lam_W=float(lam), lam_b=lam_b),
-                     **(solve_options or {}))
-    opt, lb = float(sol.value), float(sol.lower_bound)
+    hard = solve(GUFM(counts=counts, dim=d, loss=loss, lam_W=float(lam), lam_b=lam_b),
+                 **(solve_options or {}))
+    # one feature per distinct input: identical inputs with different labels make the labels
+    # soft (docs/reduction.md, section 4); the hard-label head is the soft one plus a constant
+    tied = tied_soft_labels(X, labels, K)
+    sol, offset = hard, 0.0
+    if tied.soft_labels is not None:
+        soft = GUFM(soft_labels=tied.soft_labels, dim=d, loss=loss, lam_W=float(lam),
+                    lam_b=lam_b)
+        sol = solve(soft, **(solve_options or {}))
+        offset = head - float(objective(soft, W, b, H, check_feasible=True))
+    opt, lb = float(sol.value) + offset, float(sol.lower_bound) + offset
 
     def tol(v: float) -> float:
         return atol + rtol * abs(v)
@@ -226,7 +262,7 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
             f"(certified={sol.certified}); the solver did not reach the optimum",
             RuntimeWarning, stacklevel=2,
         )
-    rep = collapse_report(H, labels, W, b, gufm_reference=sol, loss=loss, lam=float(lam),
+    rep = collapse_report(H, labels, W, b, gufm_reference=hard, loss=loss, lam=float(lam),
                           lam_b=lam_b)
     rep = {k: float(v) for k, v in rep.items()}
     gn = gradient_norms(m64, X, y, lam=lam, loss=loss, chunk_size=chunk_size)
@@ -235,12 +271,14 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
         e2e_objective=e2e["objective"], e2e_loss=e2e["loss"], e2e_penalty=e2e["penalty"],
         head_objective=head, gufm_optimum=opt, gufm_lower_bound=lb,
         gufm_certified=bool(sol.certified), gap=e2e["objective"] - opt, head_gap=head - opt,
+        body_penalty=e2e["objective"] - head,
         nc1=rep["nc1"], nc2=rep["nc2_classifier"], nc3=rep["nc3"],
         gufm_distance=rep.get("gufm_distance", math.nan), train_accuracy=acc,
         grad_norm=gn["grad_norm"], grad_norm_exact=gn["grad_norm_exact"],
-        grad_norm_rest=math.sqrt(sum(v**2 for k, v in gn["by_param"].items()
-                                     if not k.startswith("embed."))),
+        grad_norm_rest=float(gn["grad_norm_rest"]),
+        converged=bool(gn["grad_norm"] <= gtol), stop_reason=str(stop_reason),
         feature_violation=viol,
         N=int(labels.shape[0]), K=K, d=d, lam=float(lam), loss=loss, bias=bool(bias),
-        seconds=time.perf_counter() - t0, collapse=rep,
+        seconds=time.perf_counter() - t0, collapse=rep, gufm_optimum_hard=float(hard.value),
+        distinct_inputs=tied.distinct, conflicting_inputs=tied.conflicting,
     )

@@ -14,8 +14,8 @@ float64 L-BFGS polish (:func:`gufm.training.train` with ``epochs=0``) and
 
 Differences from S calls of :func:`~gufm.deep.pipeline.train_and_compare`: rounding only (batched
 matrix products), full-batch training only, and the scale-invariant embedding of a model with
-``ln_eps=0`` is handled as in ``train(scale_invariant="reduce")`` (left out of the Adam
-penalty).
+scale-invariant groups (:meth:`gufm.deep.nets.GUFMNet.scale_invariant_groups`) are handled as in
+``train(scale_invariant="reduce")`` (left out of the Adam penalty).
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from gufm.deep.invariance import scale_invariant_params
+from gufm.deep.objective import data_loss
+from gufm.deep.training import lr_factor
 
 
 def stacked_adam(models: Sequence[nn.Module], X: torch.Tensor, y: torch.Tensor, *, lam: float,
@@ -52,10 +57,6 @@ def stacked_adam(models: Sequence[nn.Module], X: torch.Tensor, y: torch.Tensor, 
     list of float
         Each seed's last full-batch objective (before the final step).
     """
-    from torch.func import functional_call, stack_module_state, vmap
-
-    from gufm.deep.training import data_loss, lr_factor, scale_invariant_params
-
     if not models:
         raise ValueError("models must not be empty")
     if epochs < 0:

@@ -145,6 +145,8 @@ class GUFMNet(nn.Module):
     embed : nn.Module
     blocks : nn.ModuleList
     classifier : nn.Linear (d -> K)
+    build_args : dict
+        The :func:`make_model` arguments (set by it; what network files store).
     """
 
     def __init__(self, arch: str, depth: int, width: int, num_classes: int, embed: nn.Module,
@@ -177,17 +179,73 @@ class GUFMNet(nn.Module):
         """Logits ``classifier(features(x))``, shape (B, K)."""
         return self.classifier(self.features(x))
 
-    def scale_invariant_parameters(self) -> list[nn.Parameter]:
-        r"""Parameters the network function does not depend on the joint scale of.
+    def scale_invariant_groups(self) -> dict[str, list[nn.Parameter]]:
+        r"""Parameter groups :math:`\theta_G` with :math:`f_{c\theta_G} = f_{\theta_G}` for all
+        :math:`c > 0` (the features, hence the logits, do not change).
 
-        The embedding is followed by a LayerNorm and is linear in its parameters
-        (:math:`\operatorname{LN}(E x + P)`); with the exact LayerNorm (``ln_eps=0``)
-        :math:`f_{c\theta_E} = f_{\theta_E}` for every :math:`c > 0`, so along this scale the
-        penalty :math:`\tfrac\lambda2 c^2\lVert\theta_E\rVert^2` decreases to 0 without a
-        minimiser (see :mod:`gufm.training`).  With ``ln_eps > 0`` the invariance is broken
-        (shrinking the embedding into the ``eps`` costs loss) and this returns ``[]``.
+        Returns ``{"embed": [E, (P)]}`` (every parameter of the input embedding, scaled jointly)
+        when
+
+        * the network is a ResNet on image/vector input (``FlatEmbedding``), **whatever**
+          ``ln_eps``, or
+        * ``ln_eps == 0`` (any architecture and input),
+
+        and ``{}`` otherwise.  No other group exists (see below).
+
+        Proof (ResNets, ``ln_eps >= 0``).  Write :math:`u = E\,\mathrm{vec}(x)` and
+        :math:`\operatorname{LN}_\varepsilon(z) = (z-\bar z)/\sqrt{\operatorname{var}(z)+
+        \varepsilon}`.  For :math:`a > 0`, :math:`\operatorname{LN}_\varepsilon(a z) =
+        \beta\,\operatorname{LN}_\varepsilon(z)` with
+        :math:`\beta = a\sqrt{\operatorname{var}(z)+\varepsilon}/
+        \sqrt{a^2\operatorname{var}(z)+\varepsilon} > 0` (both sides are 0 when
+        :math:`z = \bar z\mathbf 1`).  So :math:`x_0(cE) = \beta_0 x_0(E)` with a per-sample
+        :math:`\beta_0 > 0`.  A block's branch :math:`r(x) = x + V\,\mathrm{relu}(x)` (L-RN1)
+        or :math:`x + V_2\,\mathrm{relu}(V_1 x)` (L-RN2) is positively homogeneous,
+        :math:`r(\beta x) = \beta r(x)`, hence :math:`x_{l+1}(cE) = \beta_{l+1} x_{l+1}(E)` with
+        :math:`\beta_{l+1} > 0` by induction, and the last LayerNorm is exact
+        (:func:`~gufm.deep.nets.blocks.sphere_layernorm`, invariant under any positive scale):
+        :math:`h(cE) = h(E)`.
+
+        ``ln_eps = 0``.  Every embedding ends in the exact LayerNorm of a linear function of its
+        parameters, :math:`\operatorname{LN}_0(c(E p + P)) = \operatorname{LN}_0(Ep + P)`, so
+        :math:`x_0` itself does not change.
+
+        Why nothing else.  With ``ln_eps > 0`` the factors :math:`\beta_{0,t}` differ between
+        the tokens of one sample (their variances differ); attention
+        :math:`\operatorname{softmax}(X Q^\top K X^\top/\sqrt d)` is not homogeneous in
+        :math:`X`, and a ResNet on tokens mean-pools the tokens: the embedding is not invariant.
+        Scaling any block matrix (``V``, ``V1``, ``V2``, ``VO``, ``Q``, ``K``) or the classifier
+        changes the function (the residual ``x + c\,g(x)`` and the scores
+        :math:`c^2 QK^\top` change).  The pairs :math:`(Q, K) \to (aQ, K/a)` and
+        :math:`(V_1, V_2) \to (aV_1, V_2/a)` keep the function but not the penalty: they are
+        rebalancing symmetries with a minimiser, not invariant groups.  See docs/training.md.
+
+        Examples
+        --------
+        >>> from gufm.deep.nets import make_model
+        >>> sorted(make_model("rn1", 2, 8, (1, 4, 4), 3).scale_invariant_groups())
+        ['embed']
+        >>> make_model("t11", 2, 8, (1, 4, 4), 3, patch_size=2).scale_invariant_groups()
+        {}
+        >>> [p.shape for p in make_model("t11", 2, 8, (1, 4, 4), 3, patch_size=2,
+        ...                               ln_eps=0.0).scale_invariant_groups()["embed"]]
+        [torch.Size([4, 8]), torch.Size([8, 4])]
         """
-        return list(self.embed.parameters()) if self.ln_eps == 0 else []
+        flat = self.family == "resnet" and isinstance(self.embed, FlatEmbedding)
+        if flat or self.ln_eps == 0:
+            return {"embed": list(self.embed.parameters())}
+        return {}
+
+    def scale_invariant_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of :meth:`scale_invariant_groups`, in one list.
+
+        Examples
+        --------
+        >>> from gufm.deep.nets import make_model
+        >>> len(make_model("rn2", 2, 8, (1, 4, 4), 3).scale_invariant_parameters())
+        1
+        """
+        return [p for g in self.scale_invariant_groups().values() for p in g]
 
     def param_sq_norm(self) -> Tensor:
         r""":math:`\sum_\theta \lVert\theta\rVert^2` over all parameters."""
@@ -291,6 +349,12 @@ def make_model(
     finally:
         if gen_state is not None:
             torch.random.set_rng_state(gen_state)
+    model.build_args = {
+        "arch": arch, "depth": depth, "width": width, "num_classes": num_classes,
+        "input_shape": None if input_shape is None else [int(s) for s in input_shape],
+        "in_dim": in_dim, "input_kind": input_kind, "vocab_size": vocab_size,
+        "seq_len": seq_len, "pad_id": pad_id, "patch_size": patch_size,
+        "mlp_hidden": mlp_hidden, "bias": bool(bias), "ln_eps": ln_eps}
     if dtype is not None:
         model = model.to(dtype)
     return model
