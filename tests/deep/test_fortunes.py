@@ -3,6 +3,7 @@ soft-label GUFM in gufm.compare, on small fortune files written by the tests."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,12 @@ def test_system_package_default_categories():
     assert min(ds.info["available_per_class"]) >= 400
     nxt = load_dataset("fortunes-next", n_per_class=4, seed=0)
     assert nxt.N == 108 and nxt.num_classes >= 15 and nxt.info["windows"] > 100_000
+
+
+def test_download_says_what_to_install(tmp_path, monkeypatch):
+    dl = importlib.import_module("gufm.deep.data.download")
+    monkeypatch.setattr(dl, "SYSTEM_DIRS", (str(tmp_path / "absent"),))
+    with pytest.raises(DatasetError, match="apt-get install fortunes"):
+        dl.download("fortunes")
+    monkeypatch.setattr(dl, "SYSTEM_DIRS", (str(tmp_path),))
+    assert dl.download("fortunes-next") == tmp_path

@@ -32,6 +32,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from gufm.deep.data.base import DatasetNotFoundError, data_home
+from gufm.deep.data.fortunes import INSTALL_HINT, SYSTEM_DIRS
+
 #: name -> (list of base URLs tried in order, {file name: md5}, archive to extract or None)
 SOURCES: dict[str, tuple[list[str], dict[str, str], str | None]] = {
     "mnist": (
@@ -68,6 +71,10 @@ SOURCES: dict[str, tuple[list[str], dict[str, str], str | None]] = {
 
 #: data sets that need no download
 BUILTIN = ("digits", "synthetic-tokens")
+
+#: data sets a system package installs (``apt-get install fortunes``); ``download`` returns
+#: the installed folder or says what to install
+PACKAGED = ("fortunes", "fortunes-next")
 
 
 class ChecksumError(OSError):
@@ -173,7 +180,9 @@ def download(name: str, dir: str | os.PathLike | None = None, *,
     Parameters
     ----------
     name : {"mnist", "fashion-mnist", "cifar10", "imdb"}
-        (``"digits"`` and ``"synthetic-tokens"`` need nothing and return ``dir``.)
+        (``"digits"`` and ``"synthetic-tokens"`` need nothing and return ``dir``;
+        ``"fortunes"`` and ``"fortunes-next"`` return the Debian package's folder, or raise
+        :class:`~gufm.deep.data.base.DatasetNotFoundError` saying what to install.)
     dir : path, optional
         Target folder (default ``$GUFM_DATA/<name>`` or ``~/.cache/gufm/data/<name>``).  Pass it
         as ``root=`` to :func:`gufm.data.load_dataset` afterwards.
@@ -187,14 +196,17 @@ def download(name: str, dir: str | os.PathLike | None = None, *,
     -------
     The folder.
     """
-    from gufm.deep.data.loaders import data_home
-
     key = str(name).lower()
     folder = Path(dir) if dir is not None else data_home() / key
     if key in BUILTIN:
         return folder
+    if key in PACKAGED:
+        found = next((Path(d) for d in SYSTEM_DIRS if Path(d).is_dir()), None)
+        if found is None:
+            raise DatasetNotFoundError(f"{key}: not downloadable; {INSTALL_HINT}")
+        return found
     if key not in SOURCES:
-        raise ValueError(f"name must be one of {(*SOURCES, *BUILTIN)}, got {name!r}")
+        raise ValueError(f"name must be one of {(*SOURCES, *BUILTIN, *PACKAGED)}, got {name!r}")
     urls, files, archive = SOURCES[key]
     urls = list(base_urls) if base_urls is not None else urls
     folder.mkdir(parents=True, exist_ok=True)
