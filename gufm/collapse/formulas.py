@@ -191,7 +191,8 @@ def _nc5(st: CollapseStats, W: Any = None, *, center: str = "samples") -> Array:
     Mc = st.check_spread(center)
     o = st.ood_mean - st.global_mean(center)
     no = fro(o)
-    if float(no) == 0.0:
+    scale = float(((st.means * st.means).sum(axis=0) ** 0.5).max())
+    if float(no) <= 100.0 * st.K * get_backend(o).eps(o) * scale:  # zero up to rounding
         raise ValueError("ood: the OOD mean coincides with the global mean of the in-"
                          "distribution features; nc5 is undefined")
     cos = (_unit_columns(Mc) * (o / no)[:, None]).sum(axis=0)

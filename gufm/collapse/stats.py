@@ -315,8 +315,9 @@ class StatsEngine:
                 S = G[:, r:r + K]  # w_k^T h_i
                 cos_b += cosine_sum(S.gather(1, yb[:, None]).squeeze(1), Hb, self._wn[yb])
                 lin = (S if self._b_w is None else S + self._b_w).argmax(1)
-                Z = Pw + torch.index_select(self._QMc_w, 0, yb)  # Q^T (h_i - mu_G)
-                ncc = (Z @ self._QMc2_w - self._QMcn_w).argmax(1)  # argmin_k ||h_i - mu_k||
+                # argmin_k ||h - mu_k||^2 = argmax_k h^T(mu_k - mu_G) - ||mu_k - mu_G||^2/2
+                #                                  - mu_G^T(mu_k - mu_G)
+                ncc = (G[:, r + K:r + 2 * K] - self._ncc_w).argmax(1)
                 dis_b += (lin != ncc).sum()
         self._check_finite(SP_b, p_b)
         self._n2 += torch.bincount(y, minlength=K)
@@ -335,16 +336,14 @@ class StatsEngine:
         Mc = mu - (n @ mu) / n.sum()  # (K, d), rank <= K - 1
         r = min(self.d, self.K - 1)
         self._Q = torch.linalg.svd(Mc.T, full_matrices=False)[0][:, :r].contiguous()
-        A = self._Q if self._W is None else torch.cat([self._Q, self._W.T], dim=1)
+        A = self._Q if self._W is None else torch.cat([self._Q, self._W.T, Mc.T], dim=1)
         pad = -A.shape[1] % 8  # column counts that are multiples of 8 hit the fast GEMM paths
         A = torch.cat([A, A.new_zeros(self.d, pad)], dim=1)
         self._A = A.to(self._work).contiguous()
         self._Gbuf = torch.empty(self.block_size, A.shape[1], dtype=self._work, device=self.device)
         self._QM_w = (mu @ self._Q).to(self._work)  # projected shifts (K, r)
-        QMc = Mc @ self._Q
-        self._QMc_w = QMc.to(self._work)
-        self._QMc2_w = (2 * QMc.T).to(self._work).contiguous()
-        self._QMcn_w = (QMc * QMc).sum(1).to(self._work)
+        muG = (n @ mu) / n.sum()
+        self._ncc_w = ((Mc * Mc).sum(1) / 2 + Mc @ muG).to(self._work)
         self._n2 = torch.zeros_like(self._n)
         self._p = torch.zeros(self.K, r, dtype=self.dtype, device=self.device)
         self._SP = torch.zeros(r, r, dtype=self.dtype, device=self.device)
