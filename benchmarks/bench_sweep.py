@@ -24,7 +24,8 @@ from benchmarks._common import machine, write_json
 def sweep_throughput(jobs: int, depths: list[int], seeds: list[int], epochs: int,
                      width: int) -> dict[str, Any]:
     """Time one fresh sweep with ``jobs`` local processes; runs/minute."""
-    from gufm.experiments.sweep import expand_grid, run_sweep
+    from gufm.experiments.spec import expand_grid
+    from gufm.experiments.sweep import run_sweep
 
     specs = expand_grid("rn1", depths, seeds, "digits", width=width, n_per_class=10,
                         epochs=epochs, options={"polish_steps": epochs})
@@ -42,7 +43,9 @@ def pool_startup(jobs: int = 2) -> float:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from gufm.experiments.sweep import execute_task, expand_grid, toy_run
+    from gufm.experiments.executors import execute_task
+    from gufm.experiments.spec import expand_grid
+    from gufm.experiments.testing import toy_run
 
     specs = expand_grid("rn1", list(range(1, jobs + 1)), [0])
     t0 = time.perf_counter()

@@ -34,7 +34,9 @@ def depth_sweep() -> nbformat.NotebookNode:
         new_code_cell(
             "import matplotlib\nmatplotlib.use('Agg')\n"
             "from IPython.display import Image, display\n"
-            "from gufm.experiments.sweep import expand_grid, run_sweep, load_table, wide_table\n"
+            "from gufm.experiments.spec import expand_grid\n"
+            "from gufm.experiments.sweep import run_sweep\n"
+            "from gufm.experiments.table import load_table, wide_table\n"
             "from gufm.experiments.report import make_report"
         ),
         new_markdown_cell(

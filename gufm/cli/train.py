@@ -1,13 +1,9 @@
-"""Command-line pieces for the networks: ``gufm train`` and ``gufm data download``.
+"""``gufm train``: train one network to its regularised optimum and compare it with the GUFM.
 
-``gufm/cli.py`` calls :func:`add_parsers` with its sub-parsers; every command sets
-``func=`` (taking the parsed arguments, returning an exit code).
-
-Examples::
+Example::
 
     gufm train --arch rn1 --depth 5 --width 64 --dataset digits --n-per-class 50 \\
         --epochs 500 --lam 0.005 --lr 0.005 --seed 0 --json
-    gufm data download cifar10 --dir ~/data/cifar10
 """
 
 from __future__ import annotations
@@ -17,33 +13,36 @@ import json
 import sys
 from typing import Any
 
+from gufm.cli._args import HelpFormatter
+
 
 def _positive_int_or_none(s: str) -> int | None:
     return None if s.lower() in ("none", "all") else int(s)
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``train`` and ``data`` (with ``download``) on an argparse sub-parser set."""
+    """Register ``train``."""
     from gufm.deep.data.loaders import DATASETS
     from gufm.deep.nets.models import ARCHS
 
     t = subparsers.add_parser(
-        "train", help="train a network to its regularised optimum and compare it with the GUFM",
+        "train", formatter_class=HelpFormatter,
+        help="train a network to its regularised optimum and compare it with the GUFM",
         description="Train one of the paper's networks (Adam, then a float64 L-BFGS polish) on "
                     "the objective mean loss + lam/2 sum ||theta||^2 and compare it with the "
                     "GUFM optimum (gufm.deep.pipeline.train_and_compare).")
-    t.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    t.add_argument("--arch", required=True, choices=sorted(ARCHS), help="network")
     t.add_argument("--depth", type=int, required=True, help="number of blocks L >= 1")
-    t.add_argument("--width", type=int, default=64)
-    t.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)}")
+    t.add_argument("--width", type=int, default=64, help="feature dimension d")
+    t.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set")
     t.add_argument("--n-per-class", type=_positive_int_or_none, default=50,
                    help="class-balanced subset size per class ('all' for every sample)")
     t.add_argument("--epochs", type=int, default=500, help="Adam epochs (full batch: steps)")
     t.add_argument("--lam", type=float, default=0.005, help="penalty on every parameter")
     t.add_argument("--lr", type=float, default=0.005, help="peak Adam learning rate")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--loss", default="ce", choices=["ce", "mse"])
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed")
+    t.add_argument("--loss", default="ce", choices=["ce", "mse"], help="training loss")
+    t.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     t.add_argument("--data-root", default=None, help="folder holding the data set's files")
     t.add_argument("--batch-size", type=int, default=None, help="default: full batch")
     t.add_argument("--polish-steps", type=int, default=3000, help="L-BFGS iterations (0: none)")
@@ -51,13 +50,6 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--progress", action="store_true", help="show progress bars")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=cmd_train)
-
-    d = subparsers.add_parser("data", help="data sets: download the official files")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    dl = dsub.add_parser("download", help="download and verify a data set's official archives")
-    dl.add_argument("name", help="mnist, fashion-mnist, cifar10 or imdb")
-    dl.add_argument("--dir", default=None, help="target folder (default ~/.cache/gufm/data/NAME)")
-    dl.set_defaults(func=cmd_data_download)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -90,18 +82,4 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"GUFM distance {res['gufm_distance']:.4g}")
     print(f"  train accuracy {res['train_accuracy']:.4f}   grad norm {res['grad_norm']:.3g}   "
           f"{res['seconds']:.1f} s")
-    return 0
-
-
-def cmd_data_download(args: argparse.Namespace) -> int:
-    """``gufm data download NAME --dir DIR``."""
-    from gufm.deep.data.download import download
-
-    try:
-        folder = download(args.name, args.dir)
-    except OSError as exc:
-        print(f"gufm data download: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.name}: files in {folder}; load with "
-          f"gufm.deep.data.load_dataset({args.name!r}, root={str(folder)!r})")
     return 0

@@ -1,33 +1,49 @@
 """The main job (``gufm demo``): the solver and the reduction check on embedded data.
 
-1. Solve three GUFM instances (balanced: closed form; imbalanced: certified; K > d - 1: an
-   honest gap) and print their summaries.
-2. Train L-RN1 on scikit-learn's bundled digits at growing depth, compare every network with
-   the GUFM optimum (:func:`gufm.deep.pipeline.train_and_compare`), and write a long-format table
-   (``results.csv``), a figure (``gap_vs_depth.png``) and ``summary.md`` to ``out``.
-   Finished depths are read back from ``results.csv`` on a rerun (the run resumes).
+1. Solve four GUFM instances (balanced: closed form; imbalanced CE with a bias and MSE:
+   certified; K > d - 1 on a sphere: an honest gap) and print their summaries.
+2. Train L-RN1 on scikit-learn's bundled digits at growing depth and compare every network with
+   the GUFM optimum: a small sweep (:func:`gufm.experiments.sweep.run_sweep`, so a rerun resumes
+   and keeps the finished depths) and its report (:func:`gufm.experiments.report.make_report`:
+   ``results.csv``, ``gap_vs_depth.png``, ``nc_vs_depth.png``, ``summary.md`` in ``out``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
-
-from gufm._util import limit_threads
+from gufm.experiments.report import make_report
+from gufm.experiments.spec import RunSpec, expand_grid
+from gufm.experiments.sweep import run_sweep
+from gufm.experiments.table import finished_runs, load_table, wide_table
 from gufm.model.problem import GUFM
 from gufm.solvers import solve
 
-CONFIG = {"arch": "rn1", "width": 32, "dataset": "digits", "n_per_class": 30, "lam": 5e-3,
-          "lr": 5e-3, "seed": 0}
+#: the network part: L-RN1 on digits (embedded), one seed
+NETWORK = {"width": 32, "n_per_class": 30, "lam": 5e-3, "lr": 5e-3}
+
+
+def demo_specs(quick: bool = False) -> list[RunSpec]:
+    """The demo's runs: L-RN1 on digits at depths 1, 3, 8 (``quick``: 1 and 3, fewer steps).
+
+    Examples
+    --------
+    >>> [(s.arch, s.dataset, s.depth, s.epochs) for s in demo_specs(quick=True)]
+    [('rn1', 'digits', 1, 60), ('rn1', 'digits', 3, 60)]
+    """
+    return expand_grid("rn1", depths=[1, 3] if quick else [1, 3, 8], seeds=[0], dataset="digits",
+                       epochs=60 if quick else 300,
+                       options={"polish_steps": 100 if quick else 500}, **NETWORK)
 
 
 def _solver_part() -> list[str]:
+    """Solve the four instances, print each summary, return markdown lines."""
     lines = ["## Solver", ""]
     cases = [
         ("balanced CE (closed form)", GUFM(counts=[100] * 10, dim=16, loss="ce", lam_W=5e-3)),
         ("imbalanced CE, bias", GUFM(counts=[500, 300, 120, 60, 20, 5], dim=8, loss="ce",
-                                          lam_W=5e-3, lam_b=1e-2)),
+                                     lam_W=5e-3, lam_b=1e-2)),
         ("imbalanced MSE", GUFM(counts=[40, 30, 20, 10], dim=8, loss="mse", lam_W=1e-2)),
         ("K=10 > d-1 (sphere, d=3): honest gap",
          GUFM(counts=[5] * 10, dim=3, features="sphere", radius=2.0, lam_W=1e-2)),
@@ -40,67 +56,45 @@ def _solver_part() -> list[str]:
     return lines
 
 
-def run_demo(out: str | Path = "gufm-demo", quick: bool = False) -> int:
-    """Run the demo and write its outputs to ``out``; returns 0."""
-    import matplotlib
+def run_demo(out: str | os.PathLike = "gufm-demo", quick: bool = False,
+             progress: bool = True) -> int:
+    """Run the demo and write its outputs to ``out``; returns 0.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
+    Parameters
+    ----------
+    out : path
+        Output folder (created): the sweep table (``runs/``, ``results.csv``), the report's
+        figures and ``summary.md``.
+    quick : bool
+        Depths 1 and 3 with few steps (a smoke test; the networks are not converged).
+    progress : bool
+        A progress bar over the networks.
 
-    from gufm.deep.pipeline import train_and_compare
-
+    Returns
+    -------
+    int
+        0.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["# gufm demo", ""] + _solver_part()
-    depths = [1, 3] if quick else [1, 3, 8]
-    epochs = 60 if quick else 300
-    table = out / "results.csv"
-    df = pd.read_csv(table) if table.exists() else pd.DataFrame()
-    done = set(df["depth"].unique()) if len(df) else set()
+    lines = _solver_part()
+    specs = demo_specs(quick)
+    done = finished_runs(out)
     print("\n## L-RN1 on digits against the GUFM optimum", flush=True)
-    for L in depths:
-        if L in done:
-            print(f"  depth {L}: already in {table}, skipped", flush=True)
-            continue
-        # tiny models: one thread (two threads on two busy cores can be 100x slower)
-        with limit_threads(1):
-            row = train_and_compare(depth=L, epochs=epochs, polish_steps=100 if quick else 500,
-                                    **CONFIG)
-        new = pd.DataFrame([{**CONFIG, "depth": L, "epochs": epochs, "metric": k, "value": v}
-                            for k, v in row.items()])
-        df = pd.concat([df, new], ignore_index=True)
-        tmp = table.with_suffix(".tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(table)  # atomic: a killed demo never leaves a torn table
-        print(f"  depth {L:3d}: gap {row['gap']:.4g}  nc1 {row['nc1']:.3g}  "
-              f"acc {row['train_accuracy']:.3f}  |grad| {row['grad_norm']:.2e}  "
-              f"({row['seconds']:.1f} s)", flush=True)
-    wide = df.pivot_table(index="depth", columns="metric", values="value").sort_index()
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax[0].loglog(wide.index, wide["gap"], "o-")
-    ax[0].set_xlabel("depth L")
-    ax[0].set_ylabel("e2e objective - GUFM optimum")
-    ax[1].semilogx(wide.index, np.log10(wide["nc1"]), "o-", label="log10 NC1")
-    ax[1].semilogx(wide.index, np.log10(wide["nc2"]), "s-", label="log10 NC2")
-    ax[1].semilogx(wide.index, np.log10(wide["nc3"]), "^-", label="log10 NC3")
-    ax[1].set_xlabel("depth L")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(out / "gap_vs_depth.png", dpi=90)
-    cols = ["gap", "e2e_objective", "gufm_optimum", "nc1", "nc2", "nc3", "train_accuracy",
-            "grad_norm"]
-    lines += ["", "## L-RN1 on digits (width 32, 30 per class, lam 0.005)", "",
-              wide[cols].to_markdown(floatfmt=".4g") if _has_tabulate() else wide[cols].to_string(),
-              "", "Figure: gap_vs_depth.png"]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {table}, {out / 'gap_vs_depth.png'}, {out / 'summary.md'}")
+    for sp in specs:
+        if sp.run_id in done:
+            print(f"  depth {sp.depth}: already finished in {out / 'runs'}, skipped", flush=True)
+    summary = run_sweep(specs, out, threads=1, progress=progress)
+    if summary.failed:
+        raise RuntimeError(f"demo runs failed: {summary.failed}")
+    wide = wide_table(load_table(out)).sort_values("depth")
+    for _, r in wide.iterrows():
+        conv = r.get("converged")
+        flag = "" if conv is None or conv != conv or bool(conv) else "  NOT CONVERGED"
+        print(f"  depth {int(r['depth']):3d}: gap {r['gap']:.4g}  nc1 {r['nc1']:.3g}  "
+              f"acc {r['train_accuracy']:.3f}  |grad| {r['grad_norm']:.2e}{flag}", flush=True)
+    net = (f"L-RN1 on digits: width {NETWORK['width']}, {NETWORK['n_per_class']} samples per "
+           f"class, lam {NETWORK['lam']}, {specs[0].epochs} Adam epochs + L-BFGS polish")
+    rep = make_report(out, out=out, title="gufm demo", preamble=[*lines, "", f"## {net}", ""])
+    print(f"\nwrote {out / 'results.csv'}, {', '.join(str(f) for f in rep['figures'])}, "
+          f"{rep['summary']}")
     return 0
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -1,4 +1,4 @@
-r"""Figures and a markdown summary of a depth sweep (:mod:`gufm.sweep`).
+r"""Figures and a markdown summary of a depth sweep (:mod:`gufm.experiments.sweep`).
 
 :func:`make_report` reads a sweep folder's long-format table and writes, into ``DIR/report``:
 
@@ -35,87 +35,21 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: metrics plotted in the Figure-1 layout (column titles)
-NC_METRICS = (("nc1", "NC1"), ("nc2", "NC2"), ("nc3", "NC3"))
+from gufm._util import SlopeFit, fit_loglog
+from gufm.experiments.figures import format_slope, plot_loglog, plot_nc
+from gufm.experiments.presets import SYNTHETIC_NOTE
+from gufm.experiments.table import load_table, wide_table
+
+__all__ = ["SlopeFit", "add_derived", "by_depth", "fit_loglog", "make_report", "slopes_table"]
+
 #: metrics whose depth slope goes into the slope table
 SLOPE_METRICS = ("gap", "head_gap", "nc1", "nc2", "nc3", "gufm_distance", "body_regularization",
                  "total_regularization")
-
-
-@dataclass(frozen=True)
-class SlopeFit:
-    """Least-squares line :math:`\\log_{10}y = a + b\\log_{10}L`.
-
-    Attributes
-    ----------
-    slope, intercept : float
-        ``b`` and ``a`` (NaN when fewer than two distinct depths).
-    stderr : float
-        Standard error of the slope (NaN when ``n <= 2``; 0 for an exact fit).
-    r2 : float
-        Coefficient of determination.
-    n : int
-        Points used (``y > 0``).
-    dropped : int
-        Points left out because ``y <= 0`` or not finite.
-    """
-
-    slope: float
-    intercept: float
-    stderr: float
-    r2: float
-    n: int
-    dropped: int = 0
-
-
-def fit_loglog(x: Sequence[float], y: Sequence[float]) -> SlopeFit:
-    """Fit :math:`\\log_{10}y = a + b\\log_{10}x` by least squares (module docstring).
-
-    Parameters
-    ----------
-    x : sequence of float
-        Depths (``> 0``).
-    y : sequence of float
-        Values; non-positive or non-finite ones are dropped (counted in ``dropped``).
-
-    Returns
-    -------
-    SlopeFit
-
-    Raises
-    ------
-    ValueError
-        ``x`` and ``y`` differ in length or ``x`` has non-positive entries.
-    """
-    xa = np.asarray(x, dtype=float).ravel()
-    ya = np.asarray(y, dtype=float).ravel()
-    if xa.shape != ya.shape:
-        raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
-    if np.any(~np.isfinite(xa)) or np.any(xa <= 0):
-        raise ValueError("x must contain positive finite depths")
-    keep = np.isfinite(ya) & (ya > 0)
-    lx, ly = np.log10(xa[keep]), np.log10(ya[keep])
-    n = int(keep.sum())
-    dropped = int(xa.size - n)
-    nan = math.nan
-    if n < 2 or np.unique(lx).size < 2:
-        return SlopeFit(nan, nan, nan, nan, n, dropped)
-    xm, ym = lx.mean(), ly.mean()
-    sxx = float(((lx - xm) ** 2).sum())
-    b = float(((lx - xm) * (ly - ym)).sum() / sxx)
-    a = float(ym - b * xm)
-    resid = ly - (a + b * lx)
-    rss = float((resid**2).sum())
-    tss = float(((ly - ym) ** 2).sum())
-    se = math.sqrt(rss / (n - 2) / sxx) if n > 2 else nan
-    r2 = 1.0 - rss / tss if tss > 0 else 1.0
-    return SlopeFit(b, a, se, r2, n, dropped)
 
 
 # ----------------------------------------------------------------------------- data
@@ -198,106 +132,6 @@ def slopes_table(wide: Any, metrics: Sequence[str] = SLOPE_METRICS) -> Any:
     return pd.DataFrame(recs)
 
 
-# ----------------------------------------------------------------------------- figures
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _depth_axis(ax: Any, depths: Sequence[int]) -> None:
-    ax.set_xscale("log")
-    ax.set_xticks(list(depths))
-    ax.set_xticklabels([str(int(d)) for d in depths])
-    from matplotlib.ticker import NullLocator
-
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("depth L")
-
-
-def _fmt_slope(f: dict[str, Any] | None) -> str:
-    if not f or not math.isfinite(f["slope"]):
-        return "slope n/a"
-    se = f"{f['stderr']:.2f}" if math.isfinite(f["stderr"]) else "n/a"
-    return f"slope {f['slope']:.2f} ± {se}"
-
-
-def plot_nc(agg: Any, slopes: Any, rows: Sequence[str], path: Path) -> Path:
-    """Figure-1 layout: rows x (NC1, NC2, NC3), log10 value against depth."""
-    plt = _plt()
-    n = len(rows)
-    fig, axes = plt.subplots(n, 3, figsize=(11, 2.8 * n + 0.4), squeeze=False)
-    for i, row in enumerate(rows):
-        a = agg[agg["row"] == row]
-        for j, (m, title) in enumerate(NC_METRICS):
-            ax = axes[i][j]
-            col = f"log10_{m}_mean"
-            if col in a and np.isfinite(a[col]).any():
-                ax.errorbar(a["depth"], a[col], yerr=a[f"log10_{m}_std"], marker="o", ms=4,
-                            capsize=3, color=f"C{i}")
-                s = slopes[(slopes["row"] == row) & (slopes["metric"] == m)]
-                fit = s.iloc[0].to_dict() if len(s) else None
-                if fit and math.isfinite(fit["slope"]):
-                    xs = np.array(sorted(a["depth"]), dtype=float)
-                    ax.plot(xs, fit["intercept"] + fit["slope"] * np.log10(xs), "--",
-                            color="0.4", lw=1)
-                ax.set_title(f"{title}: {_fmt_slope(fit)}", fontsize=9)
-            else:
-                ax.set_title(f"{title}: no data", fontsize=9)
-            _depth_axis(ax, sorted(a["depth"].unique()))
-            if j == 0:
-                ax.set_ylabel(f"{row}\nlog10 value", fontsize=9)
-            ax.grid(alpha=0.3)
-    fig.suptitle("Neural collapse against depth (mean ± std over seeds)", fontsize=11)
-    h = 2.8 * n + 0.4
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.55 / h, top=1 - 0.8 / h, wspace=0.3,
-                        hspace=0.55)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_loglog(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], metrics: Sequence[str],
-                labels: Sequence[str], path: Path, title: str) -> Path:
-    """One panel per metric: every row's runs and mean ± std against depth, log-log, with the
-    fitted lines and slopes in the legend."""
-    plt = _plt()
-    metrics = [m for m in metrics if m in wide]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 4.2),
-                             squeeze=False)
-    for j, m in enumerate(metrics):
-        ax = axes[0][j]
-        for i, row in enumerate(rows):
-            g = wide[wide["row"] == row]
-            v = g[m].to_numpy(float)
-            pos = v > 0
-            ax.scatter(g["depth"][pos], v[pos], s=10, alpha=0.35, color=f"C{i}")
-            a = agg[agg["row"] == row]
-            s = slopes[(slopes["row"] == row) & (slopes["metric"] == m)]
-            fit = s.iloc[0].to_dict() if len(s) else None
-            ax.errorbar(a["depth"], a[f"{m}_mean"], yerr=a[f"{m}_std"], marker="o", ms=4,
-                        capsize=3, color=f"C{i}", lw=0, elinewidth=1,
-                        label=f"{row}: {_fmt_slope(fit)}")
-            if fit and math.isfinite(fit["slope"]):
-                xs = np.array(sorted(a["depth"]), dtype=float)
-                ax.plot(xs, 10 ** (fit["intercept"] + fit["slope"] * np.log10(xs)), "--",
-                        color=f"C{i}", lw=1)
-        ax.set_yscale("log")
-        _depth_axis(ax, sorted(wide["depth"].unique()))
-        ax.set_ylabel(labels[j] if j < len(labels) else m)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.17 if len(metrics) < 2 else 0.1, right=0.98, bottom=0.13,
-                        top=0.88, wspace=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------- markdown
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
@@ -310,7 +144,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
+def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                title: str | None = None, preamble: Sequence[str] = ()) -> dict[str, Any]:
     """Write the figures, CSVs and ``summary.md`` of a sweep folder (module docstring).
 
     Parameters
@@ -319,6 +154,10 @@ def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None)
         The sweep folder (``gufm sweep --out``), or a ``results.csv``.
     out : path, optional
         Output folder (default ``folder/report``).
+    title : str, optional
+        First heading of ``summary.md`` (default ``Depth sweep report: <folder>``).
+    preamble : sequence of str
+        Markdown lines placed after the title (the demo puts its solver results there).
 
     Returns
     -------
@@ -328,12 +167,29 @@ def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None)
 
     Raises
     ------
+    FileNotFoundError
+        ``folder`` does not exist.
     ValueError
         ``folder`` holds no finished runs.
-    """
-    from gufm.experiments.sweep import load_table, wide_table
 
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gufm.experiments.spec import expand_grid
+    >>> from gufm.experiments.sweep import run_sweep
+    >>> from gufm.experiments.testing import toy_run
+    >>> d = tempfile.mkdtemp()
+    >>> s = run_sweep(expand_grid("rn1", [2, 4, 8], [0, 1]), d, run_fn=toy_run, progress=False,
+    ...               validate_data=False)
+    >>> rep = make_report(d)
+    >>> sorted(f.name for f in rep["figures"])
+    ['gap_vs_depth.png', 'nc_vs_depth.png', 'regularization_vs_depth.png']
+    >>> rep["headline"]  # doctest: +ELLIPSIS
+    ['L-RN1 / digits: gap slope -1.00 ± ...; nc1 slope -0.50 ± ...']
+    """
     folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"folder {str(folder)!r} does not exist")
     df = load_table(folder)
     if df.empty:
         raise ValueError(f"folder {str(folder)!r} holds no finished runs (no runs/*.csv or "
@@ -350,19 +206,17 @@ def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None)
     notes = {r: v.get("note", "") for r, v in manifest.get("rows", {}).items() if v.get("note")}
     for r in rows:
         if r not in notes and (wide.loc[wide["row"] == r, "dataset"] == "synthetic-tokens").any():
-            from gufm.experiments.sweep import SYNTHETIC_NOTE
-
             notes[r] = SYNTHETIC_NOTE
 
     metrics = [m for m in ("gap", "head_gap", "nc1", "nc2", "nc3", "gufm_distance",
                            "body_regularization", "total_regularization", "train_accuracy",
-                           "grad_norm", "e2e_objective", "gufm_optimum") if m in wide]
+                           "grad_norm", "converged", "e2e_objective", "gufm_optimum") if m in wide]
     agg = by_depth(wide, metrics)
     slopes = slopes_table(wide)
     slopes.to_csv(out_dir / "slopes.csv", index=False)
     agg.to_csv(out_dir / "by_depth.csv", index=False)
 
-    figs = [plot_nc(agg, slopes, rows, out_dir / "nc_vs_depth.png")]
+    figs = [plot_nc(wide, agg, slopes, rows, out_dir / "nc_vs_depth.png")]
     figs.append(plot_loglog(wide, agg, slopes, rows, ["gap"],
                             ["gap = e2e objective - GUFM optimum"], out_dir / "gap_vs_depth.png",
                             "Gap to the GUFM optimum against depth (log-log)"))
@@ -380,15 +234,15 @@ def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None)
 
     headline = []
     for r in rows:
-        parts = [f"{m} {_fmt_slope(slope_of(r, m))}" for m in ("gap", "nc1")
+        parts = [f"{m} {format_slope(slope_of(r, m))}" for m in ("gap", "nc1")
                  if slope_of(r, m) is not None]
         headline.append(f"{r}: " + "; ".join(parts))
 
     n_runs = int(wide["run_id"].nunique())
-    lines = [f"# Depth sweep report: `{base}`", "",
+    lines = [f"# {title or f'Depth sweep report: `{base}`'}", "", *preamble,
              f"{n_runs} finished runs in {len(rows)} row(s). Each run trains a network and "
              "compares it with the GUFM optimum (`gufm.deep.pipeline.train_and_compare`): "
-             "gap = e2e objective - GUFM optimum (>= 0 for every network, spec section 6); "
+             "gap = e2e objective - GUFM optimum (>= 0 for every network, docs/reduction.md); "
              "the paper predicts that the gap and the NC metrics fall with the depth L.", ""]
     if "gap" in wide:
         neg = wide[wide["gap"] < -1e-9]
@@ -396,6 +250,12 @@ def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None)
                   + ("holds in every run." if neg.empty else
                      f"**VIOLATED in {len(neg)} run(s)** ({', '.join(neg['run_id'][:5])}): a bug."),
                   ""]
+    if "converged" in wide:
+        bad = wide[wide["converged"] == 0]
+        lines += ["- Training converged: " + ("every run." if bad.empty else
+                  f"**not in {len(bad)} run(s)** (red crosses in the figures): "
+                  + ", ".join(f"{r.row} L={int(r.depth)} seed {int(r.seed)}"
+                              for r in bad.head(8).itertuples())), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- **{r}**: {t}" for r, t in notes.items()] + [""]
     lines += ["## Headline", ""] + [f"- {h}" for h in headline] + [""]
@@ -408,13 +268,15 @@ def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None)
          for s in slopes.itertuples()]))
     lines += ["", "## Mean over seeds by depth", ""]
     show = [m for m in ("gap", "nc1", "nc2", "nc3", "body_regularization",
-                        "total_regularization", "train_accuracy") if f"{m}_mean" in agg]
+                        "total_regularization", "train_accuracy", "grad_norm", "converged")
+            if f"{m}_mean" in agg]
     lines.append(_md_table(["row", "L", "seeds", *show],
                            [[a["row"], int(a["depth"]), int(a["seeds"]),
                              *[a[f"{m}_mean"] for m in show]] for _, a in agg.iterrows()]))
     lines += ["", "## Definitions", ""] + [f"- {t}" for t in derive_notes]
     lines += ["- NC1 = tr(Sigma_W Sigma_B^+)/K, NC2 = NC2 on the classifier, NC3 = 1 - mean "
-              "cos(h_i, w_{y_i}) (`gufm.metrics`); plotted as log10, mean ± std over seeds.", ""]
+              "cos(h_i, w_{y_i}) (`gufm.metrics`, docs/metrics.md); plotted on log axes: the "
+              "geometric mean over seeds, bars mean ± std of log10.", ""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figs] + [""]
     summary = out_dir / "summary.md"
     summary.write_text("\n".join(lines))

@@ -9,9 +9,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from gufm._util import fit_loglog
 from gufm.cli import main
-from gufm.experiments.report import fit_loglog, make_report
-from gufm.experiments.sweep import TOY_SLOPES, expand_grid, run_sweep, toy_run, write_run
+from gufm.experiments.report import make_report
+from gufm.experiments.spec import expand_grid
+from gufm.experiments.sweep import run_sweep
+from gufm.experiments.table import write_run
+from gufm.experiments.testing import TOY_SLOPES, toy_run
 
 
 def test_fit_loglog_exact_power_law():

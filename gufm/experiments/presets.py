@@ -1,0 +1,112 @@
+"""Named sweeps (``gufm sweep --preset NAME``): the paper's figures and a quick one.
+
+A :class:`Preset` is a list of figure rows (:class:`PresetRow`: an architecture on a data set with
+its own settings) plus shared settings; every setting can be overridden for all rows by
+:meth:`Preset.specs` (the command line's flags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gufm.experiments.spec import DEFAULT_SEEDS, PAPER_DEPTHS, RunSpec, default_row_name, expand_grid
+
+__all__ = ["PAPER_DEPTHS", "PRESETS", "SYNTHETIC_NOTE", "Preset", "PresetRow"]
+
+
+@dataclass(frozen=True)
+class PresetRow:
+    """One figure row of a preset: an architecture on a data set with its own settings."""
+
+    arch: str
+    dataset: str
+    lam_rule: str = "const"
+    lr: float = 5e-3
+    depths: tuple[int, ...] | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named sweep: rows plus shared settings (each overridable on the command line)."""
+
+    name: str
+    description: str
+    rows: tuple[PresetRow, ...]
+    depths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    width: int = 64
+    n_per_class: int | None = 100
+    epochs: int = 5000
+    lam: float = 0.005
+    loss: str = "ce"
+    options: tuple[tuple[str, Any], ...] = ()
+    jobs: int = 1
+
+    def specs(self, *, depths: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
+              width: int | None = None, n_per_class: int | None = None,
+              epochs: int | None = None, lam: float | None = None, lr: float | None = None,
+              loss: str | None = None, options: dict[str, Any] | None = None) -> list[RunSpec]:
+        """The preset's runs; every argument given overrides the preset's value for all rows."""
+        out: list[RunSpec] = []
+        for r in self.rows:
+            opts = dict(self.options) | dict(r.options) | dict(options or {})
+            out += expand_grid(
+                r.arch, depths if depths is not None else (r.depths or self.depths),
+                seeds if seeds is not None else self.seeds, r.dataset,
+                lam=self.lam if lam is None else lam, lam_rule=r.lam_rule,
+                width=self.width if width is None else width,
+                n_per_class=self.n_per_class if n_per_class is None else n_per_class,
+                epochs=self.epochs if epochs is None else epochs,
+                lr=r.lr if lr is None else lr, loss=self.loss if loss is None else loss,
+                options=opts, row=default_row_name(r.arch, r.dataset, r.lam_rule))
+        return out
+
+    def notes(self) -> dict[str, str]:
+        """Row name -> note (only rows with a note)."""
+        return {default_row_name(r.arch, r.dataset, r.lam_rule): r.note
+                for r in self.rows if r.note}
+
+
+SYNTHETIC_NOTE = ("language row: synthetic-tokens stands in for IMDB (offline). Random token "
+                  "sequences (vocabulary 16, length 8) labelled y = sum(tokens) mod 4, so every "
+                  "context determines its label.")
+
+PRESETS: dict[str, Preset] = {
+    "paper-fig1": Preset(
+        name="paper-fig1",
+        description="The paper's Figure 1 protocol: L-RN1 and L-T11 on CIFAR10, pre-LN L-T11 on "
+                    "IMDB, L-RN2 on MNIST with lam/L; depths 2..34, width 64, lam 0.005, 5000 "
+                    "epochs, 5 seeds, CE (100 samples per class: our choice).",
+        rows=(PresetRow("rn1", "cifar10"), PresetRow("t11", "cifar10"),
+              PresetRow("preln-t11", "imdb", lr=1e-3),
+              PresetRow("rn2", "mnist", lam_rule="inverse-depth")),
+        depths=PAPER_DEPTHS, seeds=DEFAULT_SEEDS),
+    "paper-fig2": Preset(
+        name="paper-fig2",
+        description="The MNIST runs: L-RN1, L-T11 (lam) and L-RN2, L-T12 (lam/L) on MNIST; "
+                    "depths 2..34, width 64, lam 0.005, 5000 epochs, 5 seeds, CE.",
+        rows=(PresetRow("rn1", "mnist"), PresetRow("rn2", "mnist", lam_rule="inverse-depth"),
+              PresetRow("t11", "mnist"), PresetRow("t12", "mnist", lam_rule="inverse-depth")),
+        depths=PAPER_DEPTHS, seeds=DEFAULT_SEEDS),
+    "quick": Preset(
+        name="quick",
+        description="Minutes on a laptop CPU: L-RN1 on digits, L-T11 on Fashion-MNIST (four 14x14 "
+                    "patches), pre-LN L-T11 on synthetic-tokens (language stand-in), L-RN2 on "
+                    "digits with lam/L; width 16, 10 samples per class. digits and "
+                    "synthetic-tokens are embedded; Fashion-MNIST is real data (Debian package "
+                    "dataset-fashion-mnist, or gufm data download fashion-mnist).",
+        rows=(PresetRow("rn1", "digits"),
+              PresetRow("t11", "fashion-mnist", depths=(2, 5, 13),
+                        options=(("patch_size", 14),)),
+              PresetRow("preln-t11", "synthetic-tokens", lr=1e-3 * 5, depths=(2, 5, 13),
+                        note=SYNTHETIC_NOTE),
+              PresetRow("rn2", "digits", lam_rule="inverse-depth")),
+        depths=(2, 5, 13, 34), seeds=(0, 1), width=16, n_per_class=10, epochs=300,
+        options=(("polish_steps", 300),), jobs=2),
+}
+
+
