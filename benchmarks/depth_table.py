@@ -104,16 +104,19 @@ def run(depths: list[int], *, arch: str = "rn1", dataset: str = "digits", n_per_
 
 
 # ----------------------------------------------------------------------------- the study
-#: rows of the committed study: (label, arch, dataset, n_per_class, lam_rule, seeds, depths)
+#: rows of the committed study: (label, arch, dataset, n_per_class, lam_rule, seeds, depths,
+#: deepest depth with a fresh run; deeper ones by continuation only)
 STUDY_ROWS = (
-    ("L-RN1 / digits", "rn1", "digits", 50, "const", (0, 1, 2), (2, 3, 5, 8, 13)),
-    ("L-RN2 / digits (lam/L)", "rn2", "digits", 50, "inverse-depth", (0, 1, 2), (2, 3, 5, 8, 13)),
-    ("L-RN1 / fashion-mnist", "rn1", "fashion-mnist", 100, "const", (0, 1), (2, 3, 5, 8, 13)),
-    ("L-RN2 / fashion-mnist (lam/L)", "rn2", "fashion-mnist", 100, "inverse-depth", (0, 1),
-     (2, 3, 5, 8, 13)),
+    ("L-RN1 / digits", "rn1", "digits", 50, "const", (0, 1, 2), (2, 3, 5, 8, 13, 21, 34), 13),
+    ("L-RN2 / digits (lam/L)", "rn2", "digits", 50, "inverse-depth", (0, 1, 2),
+     (2, 3, 5, 8, 13), 13),
+    ("L-RN1 / fashion-mnist", "rn1", "fashion-mnist", 100, "const", (0, 1, 2),
+     (2, 3, 5, 8, 13), 13),
+    ("L-RN2 / fashion-mnist (lam/L)", "rn2", "fashion-mnist", 100, "inverse-depth", (0, 1, 2),
+     (2, 3, 5, 8, 13), 13),
 )
-STUDY_SETTINGS = dict(width=64, lam=0.005, lr=0.005, epochs=300, polish_steps=300,
-                      continue_epochs=100, loss="ce")
+STUDY_SETTINGS = dict(width=64, lam=0.005, lr=0.005, epochs=400, polish_steps=400,
+                      continue_epochs=0, loss="ce")
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
@@ -142,7 +145,8 @@ def study_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     rows += continuation_chain(task["arch"], task["depths"], st["width"], ds, None,
                                st["epochs"], st["lam"], st["lr"], task["seed"], st["loss"],
                                lam_rule=task["lam_rule"],
-                               continue_epochs=st["continue_epochs"], **kw)
+                               continue_epochs=st["continue_epochs"],
+                               fresh_max_depth=task["fresh_max_depth"], **kw)
     X = ds.X.reshape(ds.N, -1).double().numpy()
     rank = int(np.linalg.matrix_rank(X))
     for r in rows:
@@ -161,6 +165,8 @@ def run_study(out: str, *, jobs: int = 2, max_minutes: float = 35.0,
     import multiprocessing as mp
     from pathlib import Path
 
+    import gufm.deep.pipeline  # noqa: F401 - loaded once, before the workers fork
+
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "runs.jsonl"
@@ -171,11 +177,11 @@ def run_study(out: str, *, jobs: int = 2, max_minutes: float = 35.0,
             done.add((r["row"], r["seed"]))
     tasks = []
     for seed in range(max(len(r[5]) for r in rows)):
-        for label, arch, dataset, n, rule, seeds, depths in rows:
+        for label, arch, dataset, n, rule, seeds, depths, fmax in rows:
             if seed < len(seeds) and (label, seeds[seed]) not in done:
                 tasks.append(dict(row=label, arch=arch, dataset=dataset, n_per_class=n,
                                   lam_rule=rule, seed=seeds[seed], depths=list(depths),
-                                  settings=STUDY_SETTINGS))
+                                  fresh_max_depth=fmax, settings=STUDY_SETTINGS))
     t0 = time.perf_counter()
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
@@ -229,7 +235,7 @@ def render_study(out: str) -> str:
           "benchmarks/results/study`.", "",
           f"Settings: {json.dumps(STUDY_SETTINGS)}; CE; Adam full batch then the float64 "
           "L-BFGS polish; continuation: the best network of the previous depth split "
-          "(`split`), then trained `continue_epochs` epochs + polish (`continued`). "
+          "(`split`), then polished (`continued`, never above `split`). "
           "`best e2e` is the lowest of fresh/split/continued; `conv` counts the seeds whose "
           "best run met the gradient criterion (grad norm <= 1e-4).", ""]
     slopes: dict[str, Any] = {}

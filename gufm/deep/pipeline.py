@@ -191,6 +191,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
                        n_per_class: int | None, epochs: int, lam: float, lr: float, seed: int,
                        loss: str = "ce", device: str = "cpu", *, lam_rule: str = "const",
                        continue_epochs: int | None = None, fresh: bool = True,
+                       fresh_max_depth: int | None = None, continue_lr: float | None = None,
                        **kw: Any) -> list[dict[str, Any]]:
     r"""Depth continuation along one row: at every depth the fresh, split-only and continued
     networks, and the row's upper bound (the lowest of the three).
@@ -198,10 +199,14 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     Depths are run in increasing order.  At depth :math:`L_i` (:math:`i > 0`) the best
     network of :math:`L_{i-1}` (lowest e2e objective among its fresh and continued runs) is
     deepened (:func:`gufm.deep.continuation.deepen`): compared as is (``"split"``, an upper
-    bound for free), then trained with ``continue_epochs`` Adam epochs (default
-    ``epochs // 4``) and the polish (``"continued"``).  The first depth has only ``"fresh"``
-    (and a continued chain starts from it); ``fresh=False`` skips the fresh runs after the
-    first depth.
+    bound for free), then trained with ``continue_epochs`` Adam epochs at the peak learning
+    rate ``continue_lr`` (default ``lr / 10``) and the polish (``"continued"``).  The default
+    ``continue_epochs=0`` is the polish alone, which never ends above the split network
+    (Adam restarted at a good point first moves every coordinate by about its learning rate,
+    and measured on tiny runs it ended above the split network).  The first
+    depth has only ``"fresh"`` (and a continued chain starts from it); ``fresh=False``
+    skips the fresh runs after the first depth, and so do depths above ``fresh_max_depth``
+    (deep networks by continuation only).
 
     Parameters
     ----------
@@ -214,6 +219,8 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     lam_rule : {"const", "inverse-depth"}
     continue_epochs : int, optional
     fresh : bool
+    fresh_max_depth : int, optional
+    continue_lr : float, optional
 
     Returns
     -------
@@ -236,7 +243,8 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     depths = sorted({int(d) for d in depths})
     if not depths:
         raise ValueError("depths must not be empty")
-    cont = max(1, int(epochs) // 4) if continue_epochs is None else int(continue_epochs)
+    cont = 0 if continue_epochs is None else int(continue_epochs)
+    c_lr = float(lr) / 10 if continue_lr is None else float(continue_lr)
     data_kw = {k: kw.pop(k) for k in DATA_OPTIONS if k in kw}
     model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}
     ds = _dataset(dataset, n_per_class, data_kw)
@@ -246,7 +254,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
         lam_L = float(lam) / L if lam_rule == "inverse-depth" else float(lam)
         here: list[tuple[dict[str, Any], nn.Module]] = []
         t0 = time.perf_counter()
-        if i == 0 or fresh:
+        if i == 0 or (fresh and (fresh_max_depth is None or L <= fresh_max_depth)):
             m = model_for(ds, arch, L, width, seed=int(seed), **model_kw)
             here.append(("fresh", *_train_compare(m, ds, lam=lam_L, loss=loss, lr=lr,
                                                   epochs=epochs, seed=seed, device=device,
@@ -261,7 +269,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
             here[-1][1]["seconds"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             m = deepen(prev, L)
-            here.append(("continued", *_train_compare(m, ds, lam=lam_L, loss=loss, lr=lr,
+            here.append(("continued", *_train_compare(m, ds, lam=lam_L, loss=loss, lr=c_lr,
                                                       epochs=cont, seed=seed, device=device,
                                                       **dict(kw))))
             here[-1][1]["seconds"] = time.perf_counter() - t0
