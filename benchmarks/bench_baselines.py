@@ -79,7 +79,7 @@ def rel(a: float, b: float) -> float:
     return (a - b) / max(abs(b), 1e-300)
 
 
-from gufm._util import limit_threads  # noqa: E402  (one implementation)
+from gufm._util import fit_loglog, limit_threads  # noqa: E402  (one implementation)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -324,7 +324,7 @@ def cvxpy_nuclear(quick: bool) -> dict[str, Any]:
             rel_diff=rel(sdp.value, ref.value), gufm_certified=ref.certified,
             notes=f"2K x 2K PSD cone; status {sdp.info.get('status')}"))
         if len(done_N) >= 2:
-            out["cvxpy_slope"] = float(np.polyfit(np.log(done_N), np.log(done_s), 1)[0])
+            out["cvxpy_slope"] = fit_loglog(done_N, done_s).slope
     out["comparisons"] = rows
     return out
 

@@ -44,6 +44,7 @@ from benchmarks.bench_baselines import (
     warm_up,
 )
 from benchmarks.runner import RESULTS_DIR, RESULTS_ENV, make_row
+from gufm._util import fit_loglog
 
 
 def results_dir(path: str | os.PathLike | None = None) -> Path:
@@ -58,8 +59,7 @@ def loglog_slope(x: list[float], y: list[float]) -> float | None:
     pts = [(a, b) for a, b in zip(x, y, strict=True) if a > 0 and b is not None and b > 0]
     if len(pts) < 2 or len({a for a, _ in pts}) < 2:
         return None
-    lx, ly = np.log([a for a, _ in pts]), np.log([b for _, b in pts])
-    return float(np.polyfit(lx, ly, 1)[0])
+    return fit_loglog([a for a, _ in pts], [b for _, b in pts]).slope
 
 
 def _slope_entry(curve: str, x: list[float], y: list[float]) -> dict[str, Any]:

@@ -771,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: failures are recorded in the JSON)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,render}")
     r = sub.add_parser("run", help="run the benchmark modules")
     r.add_argument("--quick", action="store_true", help="small sizes (< 2 minutes in all)")
     r.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--update", action="store_true",
                    help="keep the other modules' entries of an existing --out JSON, replace "
                         "those run now")
-    c = sub.add_parser("_child", help=argparse.SUPPRESS)
+    c = sub.add_parser("_child")  # internal: no help, so it is not listed
     c.add_argument("name")
     c.add_argument("out")
     c.add_argument("--quick", action="store_true")
