@@ -8,7 +8,9 @@ distance to a GUFM optimum), :mod:`~gufm.collapse.metrics` (the registry and the
 (a callback for training loops).
 """
 
+from gufm.collapse.logger import CollapseLogger
 from gufm.collapse.metrics import METRICS, collapse_report, collapse_stats
 from gufm.collapse.streaming import CollapseAccumulator, stream_report
 
-__all__ = ["METRICS", "CollapseAccumulator", "collapse_report", "collapse_stats", "stream_report"]
+__all__ = ["METRICS", "CollapseAccumulator", "CollapseLogger", "collapse_report", "collapse_stats",
+           "stream_report"]
