@@ -144,9 +144,7 @@ def _integer_array(name: str, x: Any, what: str) -> np.ndarray:
         raise TypeError(f"{name} must be a sequence of integers, got {type(x).__name__} {x!r}")
     if is_torch(x):
         x = to_numpy(x)
-    a = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=object)
-    # (Python sequences stay objects: their entries are checked one by one below, since
-    # np.asarray([True, 2]) would silently turn the bool into an int)
+    a = x if isinstance(x, np.ndarray) else _sequence_array(x)
     if a.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
     kind = a.dtype.kind
@@ -159,11 +157,10 @@ def _integer_array(name: str, x: Any, what: str) -> np.ndarray:
                              f"2**53 = {MAX_SAMPLES} in magnitude")
         return a.astype(np.int64)
     if kind == "f":
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} must be integers, got a non-finite value")
-        if np.any(a != np.round(a)):
-            i = int(np.argmax(a != np.round(a)))
-            raise ValueError(f"{name} must be integers, got {a[i]!r} at index {i}")
+        wrong = ~np.isfinite(a) | (a != np.round(a))
+        if np.any(wrong):
+            i = int(np.argmax(wrong))
+            raise ValueError(f"{name} must be integers, got {float(a[i])!r} at index {i}")
         if a.size and float(np.abs(a).max()) > MAX_SAMPLES:
             raise ValueError(f"{name}: {what} overflows: every entry must be at most "
                              f"2**53 = {MAX_SAMPLES} in magnitude, got {float(np.abs(a).max()):.3g}")
@@ -189,6 +186,19 @@ def _integer_array(name: str, x: Any, what: str) -> np.ndarray:
             out[i] = iv
         return out
     raise TypeError(f"{name} must hold integers, got an array of dtype {a.dtype}")
+
+
+def _sequence_array(x: Any) -> np.ndarray:
+    """A Python sequence as an array: numeric when no entry is a bool (``np.asarray([True, 2])``
+    would silently turn the bool into 1), else objects, checked entry by entry."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, OverflowError):  # ragged or out of every integer type
+        return np.asarray(x, dtype=object)
+    if a.dtype.kind in "iuf" and a.ndim == 1 and not any(
+            isinstance(v, (bool, np.bool_)) for v in x):
+        return a
+    return np.asarray(x, dtype=object) if a.ndim == 1 else a
 
 
 def check_counts(counts: Any) -> np.ndarray:

@@ -214,7 +214,7 @@ def test_f5_type_errors_name_the_argument(kw, match):
     (dict(counts=[2**64, 1]), r"counts: a class count overflows"),
     (dict(counts=[1.5, 2]), r"counts must be integers, got 1.5 at index 0"),
     (dict(counts=[np.inf, 2]), r"counts must be integers, got inf at index 0"),
-    (dict(counts=np.array([np.nan, 2])), r"counts must be integers, got a non-finite value"),
+    (dict(counts=np.array([np.nan, 2])), r"counts must be integers, got nan at index 0"),
     (dict(counts=[5, 3], num_classes=3), r"num_classes = 3 contradicts counts, which has K = 2"),
     (dict(counts=None, labels=[0, 2**40]), r"labels: K = 1099511627777 classes .* GiB"),
     (dict(counts=None, labels=[0, -1]), r"labels must be non-negative integers, got -1"),
