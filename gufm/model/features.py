@@ -2,14 +2,14 @@ r"""Feature models of the GUFM: one class each, carrying everything that depends
 
 A feature model constrains (or penalises) every feature column :math:`h`:
 
-========== ====================================================== ========================
-class      constraint                                             subspace dimension m
-========== ====================================================== ========================
-LayerNorm  :math:`\mathbf 1^\top h = 0,\ \lVert h\rVert = \rho`    ``d - 1`` (Helmert basis)
-Sphere     :math:`\lVert h\rVert = \rho`                           ``d``
-Ball       :math:`\lVert h\rVert \le \rho`                         ``d``
-Penalty    none; adds :math:`\tfrac{\lambda_H}{2}\sum_g n_g\lVert h_g\rVert^2`  ``d``
-========== ====================================================== ========================
+========== ====================================================================== =========================
+class      constraint                                                             subspace dimension m
+========== ====================================================================== =========================
+LayerNorm  :math:`\mathbf 1^\top h = 0,\ \lVert h\rVert = \rho`                    ``d - 1`` (Helmert basis)
+Sphere     :math:`\lVert h\rVert = \rho`                                           ``d``
+Ball       :math:`\lVert h\rVert \le \rho`                                         ``d``
+Penalty    none; adds :math:`\tfrac{\lambda_H}{2}\sum_g n_g\lVert h_g\rVert^2`     ``d``
+========== ====================================================================== =========================
 
 Each class provides (see docs/problem.md and docs/certificate.md):
 

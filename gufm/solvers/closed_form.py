@@ -92,7 +92,7 @@ def penalty_ce_value(K: int, n: float, lam_W: float, lam_H: float) -> float:
 
 
 def etf_scales(prob: GUFM) -> tuple[float, float]:
-    """Scales ``(s_w, s_h)`` of a simplex-ETF starting point for any (imbalanced) instance.
+    r"""Scales ``(s_w, s_h)`` of a simplex-ETF starting point for any (imbalanced) instance.
 
     Radial models: the CE closed form's ``s*`` and :math:`\rho`; penalty: the penalty-CE
     scales at the mean count, floored at ``1e-2`` (a collapsed start cannot move).
