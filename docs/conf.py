@@ -23,6 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import gufm  # noqa: E402
 
+# autosummary writes one stub per object into docs/generated/; start from nothing so that a
+# module that was moved or removed leaves no stale page behind
+shutil.rmtree(HERE / "generated", ignore_errors=True)
+
 # ------------------------------------------------------------------ the notebooks, as stored
 _NB_SRC = ROOT / "notebooks"
 _NB_DST = HERE / "examples"
@@ -46,7 +50,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
     "numpydoc",
     "myst_nb",
 ]
