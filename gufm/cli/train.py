@@ -4,6 +4,13 @@ Example::
 
     gufm train --arch rn1 --depth 5 --width 64 --dataset digits --n-per-class 50 \\
         --epochs 500 --lam 0.005 --lr 0.005 --seed 0 --json
+    gufm train --arch rn1 --depth 2 --save net2.pt
+    gufm train --arch rn1 --depth 8 --init-from net2.pt     # deepened by block splitting
+
+Progress bars (tqdm) go to stderr when stderr is a terminal (``--progress`` forces them,
+``--no-progress`` turns them off); ``--json`` prints one JSON object on stdout and nothing
+else there.  A network file or checkpoint that is not one (garbage, a hostile pickle) gives
+one line on stderr and exit status 2; nothing in it runs (see docs/training.md, section 5).
 """
 
 from __future__ import annotations
@@ -45,9 +52,17 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     t.add_argument("--data-root", default=None, help="folder holding the data set's files")
     t.add_argument("--batch-size", type=int, default=None, help="default: full batch")
-    t.add_argument("--polish-steps", type=int, default=3000, help="L-BFGS iterations (0: none)")
+    t.add_argument("--polish-steps", type=int, default=1000, help="L-BFGS iterations (0: none)")
+    t.add_argument("--polish-tol", type=float, default=1e-4,
+                   help="converged when the reduced gradient norm is at most this")
     t.add_argument("--checkpoint", default=None, help="checkpoint file (resumed if present)")
-    t.add_argument("--progress", action="store_true", help="show progress bars")
+    t.add_argument("--save", default=None, metavar="PATH",
+                   help="write the trained network there (tensors + JSON metadata)")
+    t.add_argument("--init-from", default=None, metavar="PATH",
+                   help="start from a saved network of depth <= --depth, deepened by "
+                        "splitting its blocks (its arch and width are used)")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: when stderr is a terminal)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=cmd_train)
 
@@ -56,7 +71,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``gufm train``: :func:`gufm.deep.pipeline.train_and_compare` with the parsed options."""
     from gufm.deep.pipeline import train_and_compare
 
-    kw: dict[str, Any] = {"polish_steps": args.polish_steps, "progress": bool(args.progress)}
+    progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+    kw: dict[str, Any] = {"polish_steps": args.polish_steps, "polish_tol": args.polish_tol,
+                          "progress": progress}
+    if args.save:
+        kw["save"] = args.save
+    if args.init_from:
+        kw["init_from"] = args.init_from
     if args.batch_size is not None:
         kw["batch_size"] = args.batch_size
     if args.checkpoint:
@@ -81,5 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  NC1 {res['nc1']:.4g}   NC2 {res['nc2']:.4g}   NC3 {res['nc3']:.4g}   "
           f"GUFM distance {res['gufm_distance']:.4g}")
     print(f"  train accuracy {res['train_accuracy']:.4f}   grad norm {res['grad_norm']:.3g}   "
-          f"{res['seconds']:.1f} s")
+          f"converged {res['converged']}   {res['seconds']:.1f} s")
+    print(f"  stop reason: {res['stop_reason']}")
+    if args.save:
+        print(f"  network written to {args.save}")
     return 0

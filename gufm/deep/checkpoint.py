@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def _safe_load(path: str | os.PathLike, fmt: str, map_location: Any = "cpu") -> 
     if not p.is_file():
         raise CheckpointError(f"{p}: no such {fmt} file")
     try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol" notes
+            obj = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not our file"
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise CheckpointError(

@@ -68,6 +68,9 @@ def train_and_compare(arch: str, depth: int, width: int, dataset: Any, n_per_cla
     ds = _dataset(dataset, n_per_class, data_kw)
     if init_from is not None:
         model = initial_model(init_from, depth)
+        if (model.arch, model.width) != (str(arch).lower(), int(width)):
+            raise ValueError(f"init_from: the saved network is {model.arch!r} of width "
+                             f"{model.width}, not arch={arch!r} width={width}")
     else:
         model = model_for(ds, arch, depth, width, seed=int(seed), **model_kw)
     out, _ = _train_compare(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=seed,

@@ -171,17 +171,24 @@ def polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: str = "c
             grp["max_eval"] = int(chunk * 1.5) + 1
         before = f
         n0 = int(opt.state[params[0]].get("n_iter", 0))
-        opt.step(closure)
+        try:
+            opt.step(closure)
+            failed = ""
+        except (IndexError, RuntimeError, ValueError) as exc:  # torch's line search on NaN
+            failed = f"{type(exc).__name__}: {exc}"
         done = int(opt.state[params[0]].get("n_iter", 0)) - n0
         it += max(done, 0)
         f, g = evaluate()  # at the current point (a step may end inside its line search)
+        if failed:
+            f = math.nan
         if record is not None:
             record({"phase": "lbfgs", "step": it, "objective": f, "grad_norm": g})
         if bar is not None:
             bar.update(max(done, 0))
             bar.set_postfix(obj=f"{f:.10g}", grad=f"{g:.2g}")
         if not math.isfinite(f):
-            reason = "non-finite objective (best parameters restored)"
+            reason = ("non-finite objective" + (f" ({failed[:80]})" if failed else "")
+                      + "; best parameters restored")
             break
         if f < best_f:
             best_f, best = f, snapshot()

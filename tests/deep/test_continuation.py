@@ -1,0 +1,115 @@
+"""Depth continuation: the split keeps the function to first order (the remainder falls by 4
+when the branches halve) for every architecture, halves the last matrices' penalty, keeps a
+two-layer MLP's output exactly, and the chain records fresh/split/continued runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gufm.deep.continuation import LAST_MATRICES, deepen, split_block, split_counts
+from gufm.deep.nets import ARCHS, make_model
+from gufm.deep.pipeline import continuation_chain, embedding_only
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def scaled_model(arch, t, ln_eps=1e-5):
+    m = make_model(arch, 2, 8, (1, 4, 4), 3, seed=0, patch_size=2, dtype=torch.float64,
+                   ln_eps=ln_eps)
+    with torch.no_grad():
+        for b in m.blocks:
+            for n, p in b.named_parameters():
+                if n in LAST_MATRICES:
+                    p.mul_(t)
+    return m
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("ln_eps", [1e-5, 0.0])
+def test_split_is_first_order_function_preserving(arch, ln_eps):
+    X = torch.randn(7, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    errs = []
+    for t in (0.1, 0.05, 0.025):
+        m = scaled_model(arch, t, ln_eps)
+        d = deepen(m, 4)
+        assert d.depth == 4 and len(d.blocks) == 4
+        errs.append(float((d.features(X) - m.features(X)).detach().abs().max()))
+    # second-order remainder: halving the branches divides the change by ~4 (not ~2)
+    for a, b in zip(errs, errs[1:], strict=False):
+        assert 3.0 < a / b < 5.0, errs
+
+
+@pytest.mark.parametrize("arch", ["rn1", "t11", "preln-t11"])
+def test_last_matrices_penalty_is_divided_by_k(arch):
+    m = scaled_model(arch, 1.0)
+    d = deepen(m, 6)  # every block split in 3
+
+    def last_sq(model):
+        return sum(float((p.detach() ** 2).sum()) for b in model.blocks
+                   for n, p in b.named_parameters() if n in LAST_MATRICES)
+
+    assert last_sq(d) == pytest.approx(last_sq(m) / 3, rel=1e-12)
+    torch.testing.assert_close(d.classifier.weight, m.classifier.weight)
+    torch.testing.assert_close(d.embed.E.weight, m.embed.E.weight)
+
+
+def test_two_layer_mlp_split_is_exact_and_balanced():
+    m = scaled_model("rn2", 1.0)
+    blk = m.blocks[0]
+    x = torch.randn(5, 8, dtype=torch.float64)
+    parts = split_block(blk, 3)
+    for p in parts:
+        torch.testing.assert_close(p.mlp(x), blk.mlp(x) / 3, rtol=1e-12, atol=1e-14)
+        n1, n2 = float(p.mlp.V1.weight.norm()), float(p.mlp.V2.weight.norm())
+        assert n1 == pytest.approx(n2, rel=1e-10)  # balanced: minimal penalty
+    n1, n2 = float(blk.mlp.V1.weight.norm()), float(blk.mlp.V2.weight.norm())
+    total = sum(float(p.mlp.V1.weight.norm() ** 2 + p.mlp.V2.weight.norm() ** 2) for p in parts)
+    assert total == pytest.approx(2 * n1 * n2, rel=1e-10)
+
+
+def test_split_counts_and_errors():
+    assert split_counts([1.0, 1.0], 2) == [1, 1]
+    assert split_counts([1.0, 5.0], 5) == [2, 3]
+    assert sum(split_counts([3.0, 1.0, 2.0], 11)) == 11
+    with pytest.raises(ValueError, match="depth"):
+        split_counts([1.0, 1.0], 1)
+    with pytest.raises(ValueError, match="depth"):
+        deepen(make_model("rn1", 3, 8, (1, 4, 4), 3), 2)
+    with pytest.raises(ValueError, match="build_args"):
+        deepen(torch.nn.Linear(2, 2), 3)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_chain_records_three_runs_and_bounds(loss):
+    rows = continuation_chain("rn1", [1, 2, 4], 8, "digits", 2, 4, 0.01, 0.01, 0, loss=loss,
+                              polish_steps=10, fresh_max_depth=2)
+    kinds = [(r["depth"], r["kind"]) for r in rows]
+    assert kinds == [(1, "fresh"), (2, "fresh"), (2, "split"), (2, "continued"),
+                     (4, "split"), (4, "continued")]
+    for L in (2, 4):
+        here = [r for r in rows if r["depth"] == L]
+        best = [r for r in here if r["best"]]
+        assert len(best) == 1
+        assert best[0]["e2e_objective"] == min(r["e2e_objective"] for r in here)
+        split = next(r for r in here if r["kind"] == "split")
+        cont = next(r for r in here if r["kind"] == "continued")
+        assert cont["e2e_objective"] <= split["e2e_objective"] + 1e-12  # polish is monotone
+    for r in rows:
+        assert r["e2e_objective"] >= r["head_objective"] >= r["gufm_optimum"] - 1e-12
+        assert r["gap"] == pytest.approx(r["head_gap"] + r["body_penalty"], abs=1e-12)
+
+
+def test_embedding_only_reference():
+    from gufm.deep.data import load_dataset
+
+    ds = load_dataset("digits", n_per_class=2, seed=0)
+    out = embedding_only(ds, 8, lam=0.01, epochs=3, polish_steps=3)
+    assert out["body_penalty"] >= 0 and out["gap"] >= -1e-12
+    assert out["body_penalty"] <= 1e-11  # the frozen block costs nothing, E is shrunk
