@@ -11,13 +11,7 @@ from gufm.deep.continuation import LAST_MATRICES, deepen, split_block, split_cou
 from gufm.deep.nets import ARCHS, make_model
 from gufm.deep.pipeline import continuation_chain, embedding_only
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def scaled_model(arch, t, ln_eps=1e-5):

@@ -23,12 +23,7 @@ from gufm.deep.objective import full_objective
 CS = [1e-3, 1e-2, 0.3, 1.0, 7.0, 1e2, 1e3]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(arch, kind, ln_eps):

@@ -15,13 +15,7 @@ from gufm.deep.reduction import compare
 ARCH_NAMES = list(ARCHS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin costs on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 MAIN_ARCHS = ["rn1", "rn2", "t11", "t12", "preln-t11"]
 

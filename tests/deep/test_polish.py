@@ -13,13 +13,7 @@ from gufm.deep.nets import make_model
 from gufm.deep.objective import full_objective
 from gufm.deep.polish import polish
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def data(seed=0):

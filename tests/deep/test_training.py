@@ -28,13 +28,7 @@ KEYS = ["e2e_objective", "gufm_optimum", "gap", "head_objective", "head_gap", "b
         "seconds"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin costs on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_data(K=3, n=5, seed=0):
