@@ -65,6 +65,8 @@ myst_heading_anchors = 3
 myst_dmath_double_inline = True
 nb_execution_mode = "off"  # show the stored outputs; never run a notebook while building
 nb_merge_streams = True
+# progress-bar widgets in stored outputs have no static rendering; their text output is shown
+suppress_warnings = ["mystnb.unknown_mime_type"]
 
 # ------------------------------------------------------------------- autodoc / numpydoc
 autosummary_generate = True
