@@ -1,17 +1,10 @@
-"""Regenerate ``depth_sweep.ipynb`` (``python notebooks/build_depth_sweep.py``).
-
-The cells live here so that they can be reviewed as code; ``tests/test_notebooks.py`` executes
-the .ipynb (a tiny sweep, well under a minute).
-"""
+"""The cells of ``depth_sweep.ipynb``; ``python notebooks/build_notebooks.py`` builds, executes
+and stores it (a tiny sweep, well under a minute)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-HERE = Path(__file__).parent
 
 
 def depth_sweep() -> nbformat.NotebookNode:
@@ -32,12 +25,11 @@ def depth_sweep() -> nbformat.NotebookNode:
             "`gufm sweep --preset quick` (minutes) or `--preset paper-fig1` (a GPU cluster)."
         ),
         new_code_cell(
-            "import matplotlib\nmatplotlib.use('Agg')\n"
-            "from IPython.display import Image, display\n"
+            "from IPython.display import Image, display\n\n"
+            "from gufm.experiments.report import make_report\n"
             "from gufm.experiments.spec import expand_grid\n"
             "from gufm.experiments.sweep import run_sweep\n"
-            "from gufm.experiments.table import load_table, wide_table\n"
-            "from gufm.experiments.report import make_report"
+            "from gufm.experiments.table import load_table, wide_table"
         ),
         new_markdown_cell(
             "## 1. A grid of runs\n\n`expand_grid` validates everything before any run starts "
@@ -75,8 +67,9 @@ def depth_sweep() -> nbformat.NotebookNode:
         ),
         new_markdown_cell(
             "## 3. The report\n\n`make_report` (or `gufm report OUT`) writes the Figure-1 "
-            "layout (log10 NC1, NC2, NC3 against $L$, mean ± std over seeds), the gap against "
-            "$L$ on log-log axes with the least-squares slope and its standard error, the "
+            "layout (NC1, NC2, NC3 against $L$ on log-log axes, mean ± std of log10 over "
+            "seeds), the gap against $L$ on log-log axes with the least-squares slope and its "
+            "standard error, the "
             "regularisation against $L$, and `summary.md` with a table of slopes."
         ),
         new_code_cell(
@@ -91,12 +84,3 @@ def depth_sweep() -> nbformat.NotebookNode:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     return nb
-
-
-def main() -> None:
-    """Write ``notebooks/depth_sweep.ipynb``."""
-    nbformat.write(depth_sweep(), HERE / "depth_sweep.ipynb")
-
-
-if __name__ == "__main__":
-    main()

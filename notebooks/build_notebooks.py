@@ -1,14 +1,27 @@
-"""Regenerate the notebooks from this script (``python notebooks/build_notebooks.py``).
+"""Rebuild and re-execute every notebook: ``python notebooks/build_notebooks.py``.
 
-Keeping the cells here makes them reviewable as code; the tests execute the .ipynb files.
+The cells live in this script (``solve_gufm``) and in ``build_depth_sweep.py`` so that they are
+reviewed as code.  The script builds each notebook, executes it top to bottom in a temporary
+folder (the files a notebook writes land there, not here) and stores it **with its outputs and
+figures inline**, so they can be read on the page without running anything.
+``tests/test_notebooks.py`` checks that the stored notebooks are current, executed and run.
 """
 
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from build_depth_sweep import depth_sweep  # noqa: E402  (a sibling script, not a package)
 
 
 def solve_gufm() -> nbformat.NotebookNode:
@@ -20,8 +33,8 @@ def solve_gufm() -> nbformat.NotebookNode:
             "feature per class, optimises, and proves optimality with a dual certificate."
         ),
         new_code_cell(
-            "import numpy as np\nimport matplotlib\nmatplotlib.use('Agg')\n"
-            "import matplotlib.pyplot as plt\nimport gufm\n"
+            "%matplotlib inline\nimport matplotlib.pyplot as plt\nimport numpy as np\n\n"
+            "import gufm\n"
             "from gufm.solvers.closed_form import closed_form_value"
         ),
         new_markdown_cell("## 1. Balanced classes: the simplex ETF and its closed form"),
@@ -45,11 +58,17 @@ def solve_gufm() -> nbformat.NotebookNode:
             "print(f'value {r.value:.10f} >= bound {r.lower_bound:.10f}, certified={r.certified}')\n"
             "Hi = r.class_features\n"
             "cos_i = (Hi.T @ Hi) / np.outer(np.linalg.norm(Hi, axis=0), np.linalg.norm(Hi, axis=0))\n"
-            "fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))\n"
-            "for ax, C, t in zip(axes, [cos, cos_i], ['balanced', 'imbalanced']):\n"
-            "    im = ax.imshow(C, vmin=-1, vmax=1, cmap='RdBu_r'); ax.set_title(f'{t}: cos(h_k, h_j)')\n"
-            "fig.colorbar(im, ax=axes); fig.savefig('collapsed_geometry.png', dpi=80)\n"
-            "print(np.round(cos_i, 3))  # minority classes move closer together"
+            "print(np.round(cos_i, 3))  # minority classes move closer together\n"
+            "fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout='constrained')\n"
+            "for ax, C, t in zip(axes, [cos, cos_i], ['balanced: 5 x 100', 'imbalanced: 500 to 10'],\n"
+            "                    strict=True):\n"
+            "    im = ax.imshow(C, vmin=-1, vmax=1, cmap='RdBu_r')\n"
+            "    ax.set_title(t)\n"
+            "    ax.set_xlabel('class j')\n"
+            "    ax.set_ylabel('class k')\n"
+            "fig.colorbar(im, ax=axes, label='cosine')\n"
+            "fig.suptitle('GUFM optimum, CE, d = 8: cosines between the class features cos(h_k, h_j)')\n"
+            "plt.show()"
         ),
         new_markdown_cell(
             "## 3. MSE: an orthogonal frame, not a simplex ETF\n\nWith MSE and no bias the class "
@@ -62,8 +81,9 @@ def solve_gufm() -> nbformat.NotebookNode:
         ),
         new_markdown_cell(
             "## 4. K > d - 1: no simplex ETF fits, and the gap is honest\n\n"
-            "K = 10 classes with features on a circle's sphere in $R^3$: the rank constraint of "
-            "the relaxation binds. The best point found and the best proven bound differ, and "
+            "K = 10 classes with features on the sphere of radius 2 in $\\mathbb{R}^3$ "
+            "(d = 3): a simplex ETF needs d >= K - 1 = 9, so the rank constraint of the "
+            "relaxation binds. The best point found and the best proven bound differ, and "
             "`gufm` says so instead of claiming optimality."
         ),
         new_code_cell(
@@ -79,10 +99,28 @@ def solve_gufm() -> nbformat.NotebookNode:
     return nb
 
 
-if __name__ == "__main__":
-    nbformat.write(solve_gufm(), HERE / "solve_gufm.ipynb")
-    extra = HERE / "build_depth_sweep.py"
-    if extra.exists():
-        import runpy
+#: every notebook: file name -> builder
+NOTEBOOKS: dict[str, Callable[[], nbformat.NotebookNode]] = {
+    "solve_gufm.ipynb": solve_gufm,
+    "depth_sweep.ipynb": depth_sweep,
+}
 
-        runpy.run_path(str(extra), run_name="__main__")
+
+def execute(nb: nbformat.NotebookNode, timeout: int = 600) -> nbformat.NotebookNode:
+    """Run every cell of ``nb`` (kernel ``python3``) in a temporary folder; return it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": tmp}}).execute()
+    return nb
+
+
+def main() -> None:
+    """Build, execute and store every notebook of :data:`NOTEBOOKS`."""
+    for name, build in NOTEBOOKS.items():
+        nb = execute(build())
+        nbformat.write(nb, HERE / name)
+        print(f"wrote {HERE / name} (executed)")
+
+
+if __name__ == "__main__":
+    main()
