@@ -170,13 +170,19 @@ class StatsEngine:
         self._b: torch.Tensor | None = None
         self._ood_s: torch.Tensor | None = None
         self._ood_n = 0
+        self._cos_first = False
 
     def _init_state(self, like: torch.Tensor) -> None:
         if self.device is None:
             self.device = like.device
-        if self.block_size is None:
-            self.block_size = (min(8192, max(256, 2**22 // self.d)) if self.device.type == "cpu"
-                               else max(2048, 2**25 // self.d))
+        # pass 1 (elementwise work on every entry): cache-resident blocks on the CPU; pass 2
+        # (one product per block, then (block, K) work): large blocks, fewer calls
+        cpu = self.device.type == "cpu"
+        big = min(8192, max(256, 2**22 // self.d)) if cpu else max(2048, 2**25 // self.d)
+        small = max(64, 2**17 // self.d) if cpu else big
+        self._bs1 = self.block_size or (small if self.passes == 2 else big)
+        self._bs2 = self.block_size or big
+        self.block_size = self.block_size or big
         self._work = torch.float64 if like.dtype == torch.float64 else torch.float32
         z = {"dtype": self.dtype, "device": self.device}
         K, d = self.K, self.d
@@ -188,10 +194,11 @@ class StatsEngine:
         self._all_shifted = False
         self._S = torch.zeros(d, d, **z) if self.passes == 1 else None
         # per-block work buffers, reused (fresh large allocations page-fault on every block)
-        self._Rbuf = torch.empty(self.block_size, d, dtype=self._work, device=self.device)
-        self._Cbuf = torch.empty(self.block_size, d, dtype=self._work, device=self.device)
+        bmax = max(self._bs1, self._bs2)
+        self._Rbuf = torch.empty(self._bs1, d, dtype=self._work, device=self.device)
+        self._Cbuf = torch.empty(bmax, d, dtype=self._work, device=self.device)
         self._Kbuf = torch.empty(K, d, dtype=self._work, device=self.device)
-        self._Ybuf = (torch.empty(K, self.block_size, dtype=self._work, device=self.device)
+        self._Ybuf = (torch.empty(K, self._bs1, dtype=self._work, device=self.device)
                       if K <= _GEMM_CLASSES_SUM else None)
         if self._W is not None:
             self.set_classifier(self._W, self._b)
@@ -218,6 +225,8 @@ class StatsEngine:
         if H.shape[0] == 0:
             return
         if self._pass == 1:
+            # the cosines go with pass 1 when W is known then (its blocks are in cache)
+            self._cos_first = self._W is not None
             self._update_shifted(H, y, scatter=self.passes == 1)
         else:
             self._update_second(H, y)
@@ -232,10 +241,10 @@ class StatsEngine:
         self._ood_s = s if self._ood_s is None else self._ood_s + s
         self._ood_n += int(H.shape[0])
 
-    def _blocks(self, H: torch.Tensor, y: torch.Tensor) -> Iterable[tuple[torch.Tensor,
-                                                                          torch.Tensor]]:
-        for Hb, yb in zip(H.split(self.block_size), y.split(self.block_size), strict=True):
-            if Hb.stride(1) != 1:  # columns of a (d, N) array: one contiguous block copy
+    def _blocks(self, H: torch.Tensor, y: torch.Tensor, size: int, copy: bool = True
+                ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        for Hb, yb in zip(H.split(size), y.split(size), strict=True):
+            if copy and Hb.stride(1) != 1:  # columns of a (d, N) array: a contiguous block copy
                 Hb = self._Cbuf[: Hb.shape[0]].copy_(Hb)
             yield Hb, yb
 
@@ -263,9 +272,9 @@ class StatsEngine:
         all_shifted = self._all_shifted
         s_b, ss_b, cos_b = torch.zeros(K, d, **z), torch.zeros(K, **z), torch.zeros((), **z)
         S_b = torch.zeros(d, d, **z) if scatter else None
-        withW = scatter and self._W is not None
+        withW = self._W is not None
         cw = (shift * self._W).sum(1) if withW else None
-        for Hb, yb in self._blocks(H, y):
+        for Hb, yb in self._blocks(H, y, self._bs1):
             if not all_shifted:  # shift of a class = its mean in the first block that has it
                 nb = torch.bincount(yb, minlength=K)
                 new = (nb > 0) & ~has
@@ -294,9 +303,9 @@ class StatsEngine:
         self._n += torch.bincount(y, minlength=K)
         self._s += s_b
         self._ss += ss_b
+        self._cos += cos_b
         if scatter:
             self._S += S_b
-            self._cos += cos_b
 
     def _update_second(self, H: torch.Tensor, y: torch.Tensor) -> None:
         """Projections onto Q shifted by the projected means; cosines and both decisions."""
@@ -305,7 +314,9 @@ class StatsEngine:
         p_b, SP_b = torch.zeros(K, r, **z), torch.zeros(r, r, **z)
         cos_b = torch.zeros((), **z)
         dis_b = torch.zeros((), dtype=torch.int64, device=self.device)
-        for Hb, yb in self._blocks(H, y):
+        cos_here = self._W is not None and not self._cos_first
+        # (a product takes a transposed block as it is: no copy unless the rows are read)
+        for Hb, yb in self._blocks(H, y, self._bs2, copy=cos_here):
             G = torch.mm(Hb, self._A, out=self._Gbuf[: yb.shape[0]])  # (b, r [+ K] + pad)
             Pw = G[:, :r] - torch.index_select(self._QM_w, 0, yb)  # Q^T (h_i - mu_{y_i})
             P = Pw.to(self.dtype)
@@ -313,7 +324,8 @@ class StatsEngine:
             SP_b += P.T @ P
             if self._W is not None:
                 S = G[:, r:r + K]  # w_k^T h_i
-                cos_b += cosine_sum(S.gather(1, yb[:, None]).squeeze(1), Hb, self._wn[yb])
+                if cos_here:
+                    cos_b += cosine_sum(S.gather(1, yb[:, None]).squeeze(1), Hb, self._wn[yb])
                 lin = (S if self._b_w is None else S + self._b_w).argmax(1)
                 # argmin_k ||h - mu_k||^2 = argmax_k h^T(mu_k - mu_G) - ||mu_k - mu_G||^2/2
                 #                                  - mu_G^T(mu_k - mu_G)
@@ -340,7 +352,7 @@ class StatsEngine:
         pad = -A.shape[1] % 8  # column counts that are multiples of 8 hit the fast GEMM paths
         A = torch.cat([A, A.new_zeros(self.d, pad)], dim=1)
         self._A = A.to(self._work).contiguous()
-        self._Gbuf = torch.empty(self.block_size, A.shape[1], dtype=self._work, device=self.device)
+        self._Gbuf = torch.empty(self._bs2, A.shape[1], dtype=self._work, device=self.device)
         self._QM_w = (mu @ self._Q).to(self._work)  # projected shifts (K, r)
         muG = (n @ mu) / n.sum()
         self._ncc_w = ((Mc * Mc).sum(1) / 2 + Mc @ muG).to(self._work)
@@ -348,7 +360,8 @@ class StatsEngine:
         self._p = torch.zeros(self.K, r, dtype=self.dtype, device=self.device)
         self._SP = torch.zeros(r, r, dtype=self.dtype, device=self.device)
         self._dis = torch.zeros((), dtype=torch.int64, device=self.device)
-        self._cos.zero_()
+        if not self._cos_first:
+            self._cos.zero_()
         self._pass = 2
 
     # ------------------------------------------------------------------------- results
