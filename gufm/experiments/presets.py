@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gufm.deep.data.fortunes import fortunes_available
 from gufm.experiments.spec import DEFAULT_SEEDS, PAPER_DEPTHS, RunSpec, default_row_name, expand_grid
 
-__all__ = ["PAPER_DEPTHS", "PRESETS", "SYNTHETIC_NOTE", "Preset", "PresetRow"]
+__all__ = ["FORTUNES_NOTE", "PAPER_DEPTHS", "PRESETS", "SYNTHETIC_NOTE", "Preset", "PresetRow",
+           "language_row"]
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,27 @@ class Preset:
                 for r in self.rows if r.note}
 
 
-SYNTHETIC_NOTE = ("language row: synthetic-tokens stands in for IMDB (offline). Random token "
+SYNTHETIC_NOTE = ("language row: synthetic-tokens stands in for IMDB (offline), a fallback: the "
+                  "Debian package fortunes (real text) is not installed. Random token "
                   "sequences (vocabulary 16, length 8) labelled y = sum(tokens) mod 4, so every "
                   "context determines its label.")
+
+FORTUNES_NOTE = ("language row: fortunes stands in for IMDB (offline): topic classification of "
+                 "real English text, 6 categories of the Debian package fortunes "
+                 "(computers, men-women, politics, science, songs-poems, work), first 16 words, "
+                 "vocabulary built on the subset.")
+
+
+def language_row() -> PresetRow:
+    """The quick preset's language row: pre-LN L-T11 on ``fortunes`` when the Debian package
+    is installed (``gufm.data.fortunes_available()``), else on ``synthetic-tokens``, labelled
+    as the fallback."""
+    if fortunes_available():
+        return PresetRow("preln-t11", "fortunes", lr=1e-3 * 5, depths=(2, 5, 13),
+                         options=(("seq_len", 16),), note=FORTUNES_NOTE)
+    return PresetRow("preln-t11", "synthetic-tokens", lr=1e-3 * 5, depths=(2, 5, 13),
+                     note=SYNTHETIC_NOTE)
+
 
 PRESETS: dict[str, Preset] = {
     "paper-fig1": Preset(
@@ -95,15 +115,15 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
         description="Minutes on a laptop CPU: L-RN1 on digits, L-T11 on Fashion-MNIST (four 14x14 "
-                    "patches), pre-LN L-T11 on synthetic-tokens (language stand-in), L-RN2 on "
+                    "patches), pre-LN L-T11 on fortunes (real text; synthetic-tokens when the "
+                    "Debian package fortunes is missing), L-RN2 on "
                     "digits with lam/L; width 16, 10 samples per class. digits and "
                     "synthetic-tokens are embedded; Fashion-MNIST is real data (Debian package "
                     "dataset-fashion-mnist, or gufm data download fashion-mnist).",
         rows=(PresetRow("rn1", "digits"),
               PresetRow("t11", "fashion-mnist", depths=(2, 5, 13),
                         options=(("patch_size", 14),)),
-              PresetRow("preln-t11", "synthetic-tokens", lr=1e-3 * 5, depths=(2, 5, 13),
-                        note=SYNTHETIC_NOTE),
+              language_row(),
               PresetRow("rn2", "digits", lam_rule="inverse-depth")),
         depths=(2, 5, 13, 34), seeds=(0, 1), width=16, n_per_class=10, epochs=300,
         options=(("polish_steps", 300),), jobs=2),

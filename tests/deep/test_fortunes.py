@@ -266,3 +266,19 @@ def test_download_says_what_to_install(tmp_path, monkeypatch):
         dl.download("fortunes")
     monkeypatch.setattr(dl, "SYSTEM_DIRS", (str(tmp_path),))
     assert dl.download("fortunes-next") == tmp_path
+
+
+def test_quick_preset_language_row_and_its_fallback(monkeypatch):
+    presets = importlib.import_module("gufm.experiments.presets")
+    monkeypatch.setattr(presets, "fortunes_available", lambda: True)
+    row = presets.language_row()
+    assert (row.arch, row.dataset) == ("preln-t11", "fortunes") and "fortunes" in row.note
+    monkeypatch.setattr(presets, "fortunes_available", lambda: False)
+    row = presets.language_row()
+    assert row.dataset == "synthetic-tokens" and "fallback" in row.note
+
+
+def test_fortunes_available(tmp_path):
+    assert not gufm.data.fortunes_available(tmp_path)
+    write_fortunes(tmp_path, {c: ["x"] for c in DEFAULT_CATEGORIES})
+    assert gufm.data.fortunes_available(tmp_path)

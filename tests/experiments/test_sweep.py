@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from gufm.cli import main
+from gufm.deep.data import fortunes_available
 from gufm.deep.reduction import TRAIN_AND_COMPARE_KEYS
 from gufm.experiments.presets import PRESETS
 from gufm.experiments.spec import RunSpec, expand_grid
@@ -109,8 +110,9 @@ def test_presets_are_valid():
         assert specs, name
         assert len({s.run_id for s in specs}) == len(specs)
     q = PRESETS["quick"].specs()
-    assert {s.dataset for s in q} <= {"digits", "fashion-mnist", "synthetic-tokens"}
-    assert any("synthetic" in n for n in PRESETS["quick"].notes().values())
+    language = "fortunes" if fortunes_available() else "synthetic-tokens"
+    assert {s.dataset for s in q} <= {"digits", "fashion-mnist", language}
+    assert any(language in n for n in PRESETS["quick"].notes().values())
     rn2 = [s for s in PRESETS["paper-fig1"].specs() if s.arch == "rn2"]
     assert rn2 and all(s.dataset == "mnist" and s.lam_rule == "inverse-depth" for s in rn2)
 

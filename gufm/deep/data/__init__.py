@@ -8,7 +8,12 @@ the file; :class:`DatasetNotFoundError` is also a ``FileNotFoundError``).
 
 from gufm.deep.data.base import DatasetError, DatasetNotFoundError
 from gufm.deep.data.download import SOURCES, ChecksumError, download, fetch, file_digest
-from gufm.deep.data.fortunes import CHAR_ALPHABET, DEFAULT_CATEGORIES, read_fortunes
+from gufm.deep.data.fortunes import (
+    CHAR_ALPHABET,
+    DEFAULT_CATEGORIES,
+    fortunes_available,
+    read_fortunes,
+)
 from gufm.deep.data.loaders import (
     DATASETS,
     Dataset,
@@ -24,6 +29,6 @@ from gufm.deep.data.ties import TiedLabels, tied_soft_labels
 __all__ = [
     "CHAR_ALPHABET", "DATASETS", "DEFAULT_CATEGORIES", "SOURCES", "ChecksumError", "Dataset",
     "DatasetError", "DatasetNotFoundError", "TiedLabels", "balanced_indices", "data_home",
-    "download", "fetch", "file_digest", "load_data_pickle", "load_dataset", "read_fortunes",
-    "read_idx", "tied_soft_labels", "tokenize",
+    "download", "fetch", "file_digest", "fortunes_available", "load_data_pickle",
+    "load_dataset", "read_fortunes", "read_idx", "tied_soft_labels", "tokenize",
 ]

@@ -178,6 +178,23 @@ def find_fortunes(root: str | os.PathLike | None, categories: Sequence[str]) -> 
     raise DatasetNotFoundError(f"fortunes: {what}{where}; {INSTALL_HINT}")
 
 
+def fortunes_available(root: str | os.PathLike | None = None,
+                       categories: Sequence[str] | None = None) -> bool:
+    """Whether :func:`find_fortunes` finds the category files (default: the default topics),
+    e.g. whether the Debian package ``fortunes`` is installed.
+
+    Examples
+    --------
+    >>> fortunes_available("/nonexistent")
+    False
+    """
+    try:
+        find_fortunes(root, _check_categories(categories))
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
 def load_corpus(root: str | os.PathLike | None, categories: Sequence[str] | None,
                 split: str) -> tuple[Path, tuple[str, ...], list[list[str]]]:
     """``(folder, categories, fortunes)``: the split's fortunes of every category, in file
