@@ -408,3 +408,33 @@ def test_cli_data_download_errors(tmp_path, capsys):
     except SystemExit as exc:
         code = exc.code
     assert code == 2 and "svhn" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["header-only", "corrupt-gz", "label-200", "hostile-cifar"])
+def test_cli_bad_data_file_exit_2_one_line(tmp_path, capsys, damage):
+    from gufm.cli import main
+
+    name, target = "mnist", tmp_path / "pwned"
+    if damage == "header-only":
+        write_idx_set(tmp_path)
+        bad = tmp_path / "train-images-idx3-ubyte"
+        bad.write_bytes(idx_bytes(read_idx(bad))[:16])
+    elif damage == "corrupt-gz":
+        write_idx_set(tmp_path, gz=True)
+        bad = tmp_path / "train-labels-idx1-ubyte.gz"
+        bad.write_bytes(bad.read_bytes()[:20])
+    elif damage == "label-200":
+        write_idx_set(tmp_path)
+        bad = tmp_path / "train-labels-idx1-ubyte"
+        bad.write_bytes(idx_bytes(np.full(30, 200, np.uint8)))
+    else:
+        name = "cifar10"
+        write_cifar(tmp_path)
+        bad = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+        bad.write_bytes(pickle.dumps({b"x": _Hostile(target)}, protocol=2))
+    code = main(["train", "--dataset", name, "--data-root", str(tmp_path), "--arch", "rn1",
+                 "--depth", "1", "--width", "4", "--epochs", "1", "--n-per-class", "2"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and not target.exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in err
