@@ -3,8 +3,8 @@ r"""One plotting style for every figure of a sweep (the report's and the demo's)
 Every figure is titled with the networks and data sets it shows, every axis is labelled, the
 depth axis is logarithmic with the real depths as ticks (labels that would overlap are left
 out), quantities that are compared on a log scale are plotted on a log axis (never their
-:math:`\log_{10}` on a linear one), and runs whose training did not converge (``converged`` is 0
-in the table) are marked with a red cross.
+:math:`\log_{10}` on a linear one) with uncrowded tick labels (:func:`log_y`), and runs
+whose training did not converge (``converged`` is 0 in the table) are marked with a red cross.
 """
 
 from __future__ import annotations
@@ -90,6 +90,31 @@ def depth_axis(ax: Any, depths: Sequence[int]) -> None:
     if len(ds) > 1:
         ax.set_xlim(ds[0] / 1.25, ds[-1] * 1.25)
     ax.set_xlabel("depth L")
+
+
+def log_y(ax: Any) -> None:
+    """Log y axis whose tick labels never crowd: over less than a decade, three or four ticks
+    with two significant digits and no minor labels (call after plotting).
+
+    Examples
+    --------
+    >>> fig, ax = pyplot().subplots()
+    >>> _ = ax.plot([1, 2], [0.53, 0.57])
+    >>> log_y(ax)
+    >>> ax.get_yscale(), all(len(t.get_text()) <= 5 for t in ax.get_yticklabels())
+    ('log', True)
+    >>> pyplot().close(fig)
+    """
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    if lo > 0 and math.log10(hi / lo) < 1:
+        ticks = sorted({float(f"{t:.2g}") for t in np.geomspace(lo, hi, 5)[1:-1]})
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([f"{t:.2g}" for t in ticks])
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(lo, hi)
 
 
 def mark_unconverged(ax: Any, runs: Any, column: str, labelled: bool) -> bool:
@@ -188,7 +213,7 @@ def plot_nc(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], path: Path) -
                             color="0.4", lw=1, label="log-log fit")
                 if mark_unconverged(ax, runs, m, False):
                     ax.legend(fontsize=7)
-                ax.set_yscale("log")
+                log_y(ax)
                 ax.set_title(f"{row}: {title}, {format_slope(fit)}", fontsize=9)
             else:
                 ax.set_title(f"{row}: {title}, no data", fontsize=9)
@@ -198,7 +223,7 @@ def plot_nc(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], path: Path) -
     fig.suptitle(f"Neural collapse against depth: {rows_title(rows)} "
                  "(mean ± std of log10 over seeds)", fontsize=11)
     h = 2.9 * n + 0.6
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.6 / h, top=1 - 0.85 / h, wspace=0.32,
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.6 / h, top=1 - 0.85 / h, wspace=0.36,
                         hspace=0.6)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -243,7 +268,7 @@ def plot_loglog(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], metrics: 
                 ax.plot(xs, 10 ** (fit["intercept"] + fit["slope"] * np.log10(xs)), "--",
                         color=f"C{i}", lw=1)
             marked = mark_unconverged(ax, g, m, marked) or marked
-        ax.set_yscale("log")
+        log_y(ax)
         depth_axis(ax, sorted(wide["depth"].unique()))
         ax.set_ylabel(f"{labels[j] if j < len(labels) else m} (log scale)")
         ax.grid(alpha=0.3, which="both")
