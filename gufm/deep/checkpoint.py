@@ -36,7 +36,13 @@ VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A network or checkpoint file that cannot be used (one line, names the file)."""
+    """A network or checkpoint file that cannot be used (one line, names the file).
+
+    Examples
+    --------
+    >>> issubclass(CheckpointError, ValueError)
+    True
+    """
 
 
 def _atomic_save(path: Path, obj: dict[str, Any]) -> None:

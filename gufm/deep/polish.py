@@ -58,6 +58,11 @@ class PolishResult:
     stop_reason : str
     restarts : int
         Memory restarts after stalls.
+
+    Examples
+    --------
+    >>> PolishResult(3, 1.0, 0.5, 1e-5, True, "converged", 0).converged
+    True
     """
 
     iterations: int

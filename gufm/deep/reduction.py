@@ -48,7 +48,13 @@ TRAIN_AND_COMPARE_KEYS = ("e2e_objective", "gufm_optimum", "gap", "head_objectiv
 
 class ReductionViolation(RuntimeError):
     """e2e >= head >= GUFM lower bound failed beyond rounding: a bug in the network, the
-    objective or the solver."""
+    objective or the solver.
+
+    Examples
+    --------
+    >>> issubclass(ReductionViolation, RuntimeError)
+    True
+    """
 
 
 @dataclass
@@ -105,6 +111,16 @@ class ComparisonResult:
     loss : str
     bias : bool
     seconds : float
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gufm.deep.nets import make_model
+    >>> X = torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    >>> res = compare(make_model("rn1", 1, 6, (1, 2, 2), 2, seed=0), (X, torch.tensor([0, 1] * 3)),
+    ...               lam=0.01)
+    >>> abs(res.gap - (res.head_gap + res.body_penalty)) < 1e-12
+    True
     """
 
     e2e_objective: float
@@ -197,6 +213,16 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
         ``e2e < head`` or ``head <`` the certified GUFM lower bound beyond tolerance.
     ValueError
         Bad arguments, features off the sphere, classifier/bias mismatch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gufm.deep.nets import make_model
+    >>> X = torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    >>> res = compare(make_model("rn1", 1, 6, (1, 2, 2), 2, seed=0), (X, torch.tensor([0, 1] * 3)),
+    ...               lam=0.01)
+    >>> res.e2e_objective >= res.head_objective >= res.gufm_optimum, res.stop_reason
+    (True, 'unknown')
     """
     t0 = time.perf_counter()
     if not (isinstance(lam, int | float) and math.isfinite(lam) and lam > 0):

@@ -146,6 +146,16 @@ class TrainResult:
         (reduced objective).
     config : dict
         The hyper-parameters (what a checkpoint checks on resume).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gufm.deep.nets import make_model
+    >>> X = torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    >>> r = train(make_model("rn1", 1, 6, (1, 2, 2), 2, seed=0), (X, torch.tensor([0, 1] * 3)),
+    ...           lam=0.01, epochs=5, polish_steps=5, progress=False)
+    >>> sorted(r.to_dict())[:4]
+    ['accuracy', 'adam_steps', 'completed', 'config']
     """
 
     model: nn.Module

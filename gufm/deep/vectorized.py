@@ -56,6 +56,15 @@ def stacked_adam(models: Sequence[nn.Module], X: torch.Tensor, y: torch.Tensor, 
     -------
     list of float
         Each seed's last full-batch objective (before the final step).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gufm.deep.nets import make_model
+    >>> X = torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    >>> ms = [make_model("rn1", 1, 6, (1, 2, 2), 2, seed=s) for s in (0, 1)]
+    >>> len(stacked_adam(ms, X, torch.tensor([0, 1] * 3), lam=0.01, epochs=3))
+    2
     """
     if not models:
         raise ValueError("models must not be empty")

@@ -69,6 +69,13 @@ def sphere_layernorm(x: Tensor, radius: float | None = None) -> Tensor:
     -------
     Tensor of the same shape, every row with mean 0 and norm ``radius`` (rows equal to a
     multiple of the all-ones vector map to 0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> h = sphere_layernorm(torch.tensor([[1.0, 2.0, 3.0, 6.0]]))
+    >>> round(float(h.sum()), 6), round(float(h.norm()), 6)
+    (0.0, 2.0)
     """
     d = x.shape[-1]
     rho = math.sqrt(d) if radius is None else float(radius)
@@ -79,14 +86,29 @@ def sphere_layernorm(x: Tensor, radius: float | None = None) -> Tensor:
 
 def layernorm(x: Tensor, eps: float) -> Tensor:
     r"""Affine-free LayerNorm over the last axis: :math:`(x-\bar x)/\sqrt{\operatorname{var}(x)
-    + \varepsilon}` for ``eps > 0``, :func:`sphere_layernorm` for ``eps = 0``."""
+    + \varepsilon}` for ``eps > 0``, :func:`sphere_layernorm` for ``eps = 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
+    >>> layernorm(x, 0.0).tolist(), [round(v, 4) for v in layernorm(x, 1.0)[0].tolist()]
+    ([[-1.0, 1.0]], [-0.7071, 0.7071])
+    """
     if eps > 0:
         return F.layer_norm(x, (x.shape[-1],), eps=eps)
     return sphere_layernorm(x)
 
 
 class SphereLayerNorm(nn.Module):
-    """Module form of :func:`sphere_layernorm` (no parameters)."""
+    """Module form of :func:`sphere_layernorm` (no parameters).
+
+    Examples
+    --------
+    >>> import torch
+    >>> SphereLayerNorm(2)(torch.tensor([[0.0, 4.0]], dtype=torch.float64)).tolist()
+    [[-1.0, 1.0]]
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -104,7 +126,14 @@ def _linear(d_in: int, d_out: int) -> nn.Linear:
 
 
 class MLP(nn.Module):
-    r"""``V relu(x)`` (one layer) or ``V2 relu(V1 x)`` (two layers), no biases."""
+    r"""``V relu(x)`` (one layer) or ``V2 relu(V1 x)`` (two layers), no biases.
+
+    Examples
+    --------
+    >>> import torch
+    >>> MLP(4, 2)(torch.zeros(3, 4)).shape
+    torch.Size([3, 4])
+    """
 
     def __init__(self, width: int, layers: int = 1, hidden: int | None = None) -> None:
         super().__init__()
@@ -129,6 +158,12 @@ class Attention(nn.Module):
 
     :math:`\mathrm{Attn}(X) = \operatorname{softmax}(X Q^\top K X^\top/\sqrt d + M)\, X V_O^\top`,
     bidirectional (no causal mask); ``key_mask`` (B, T) with True at real tokens masks padding.
+
+    Examples
+    --------
+    >>> import torch
+    >>> Attention(4)(torch.randn(2, 5, 4)).shape
+    torch.Size([2, 5, 4])
     """
 
     def __init__(self, width: int) -> None:
@@ -146,7 +181,15 @@ class Attention(nn.Module):
 
 
 class RN1Block(nn.Module):
-    r"""L-RN1 block: :math:`x \leftarrow \operatorname{LN}(x + V\,\mathrm{relu}(x))`."""
+    r"""L-RN1 block: :math:`x \leftarrow \operatorname{LN}(x + V\,\mathrm{relu}(x))`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> y = RN1Block(4)(torch.randn(3, 4))
+    >>> bool(y.mean(dim=1).abs().max() < 1e-6)
+    True
+    """
 
     def __init__(self, width: int, ln_eps: float = 1e-5) -> None:
         super().__init__()
@@ -158,7 +201,14 @@ class RN1Block(nn.Module):
 
 
 class RN2Block(nn.Module):
-    r"""L-RN2 block: :math:`x \leftarrow \operatorname{LN}(x + V_2\,\mathrm{relu}(V_1 x))`."""
+    r"""L-RN2 block: :math:`x \leftarrow \operatorname{LN}(x + V_2\,\mathrm{relu}(V_1 x))`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> RN2Block(4, hidden=6)(torch.randn(3, 4)).shape
+    torch.Size([3, 4])
+    """
 
     def __init__(self, width: int, hidden: int | None = None, ln_eps: float = 1e-5) -> None:
         super().__init__()
@@ -174,6 +224,12 @@ class PostLNBlock(nn.Module):
 
     :math:`x \leftarrow \operatorname{LN}(x + \mathrm{Attn}(x))`, then
     :math:`x \leftarrow \operatorname{LN}(x + \mathrm{MLP}(x))`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> PostLNBlock(4)(torch.randn(2, 5, 4)).shape
+    torch.Size([2, 5, 4])
     """
 
     def __init__(self, width: int, mlp_layers: int = 1, hidden: int | None = None,
@@ -193,6 +249,12 @@ class PreLNBlock(nn.Module):
 
     :math:`x \leftarrow x + \mathrm{Attn}(\operatorname{LN}(x))`, then
     :math:`x \leftarrow x + \mathrm{MLP}(\operatorname{LN}(x))`; the model applies the final LN.
+
+    Examples
+    --------
+    >>> import torch
+    >>> PreLNBlock(4, mlp_layers=2)(torch.randn(2, 5, 4)).shape
+    torch.Size([2, 5, 4])
     """
 
     def __init__(self, width: int, mlp_layers: int = 1, hidden: int | None = None,

@@ -56,7 +56,14 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 
 class FlatEmbedding(nn.Module):
-    r"""ResNet input: :math:`x_0 = \operatorname{LN}(E\,\mathrm{vec}(x))`, ``E`` of shape (d, D)."""
+    r"""ResNet input: :math:`x_0 = \operatorname{LN}(E\,\mathrm{vec}(x))`, ``E`` of shape (d, D).
+
+    Examples
+    --------
+    >>> import torch
+    >>> FlatEmbedding(16, 8)(torch.randn(3, 1, 4, 4))[0].shape
+    torch.Size([3, 8])
+    """
 
     def __init__(self, in_dim: int, width: int, ln_eps: float = 1e-5) -> None:
         super().__init__()
@@ -72,7 +79,14 @@ class FlatEmbedding(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-    r"""Transformer image input: ``p x p`` patches, :math:`\operatorname{LN}(E\,\mathrm{patch}_t + P_t)`."""
+    r"""Transformer image input: ``p x p`` patches, :math:`\operatorname{LN}(E\,\mathrm{patch}_t + P_t)`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> PatchEmbedding((1, 4, 4), 2, 8)(torch.randn(3, 1, 4, 4))[0].shape
+    torch.Size([3, 4, 8])
+    """
 
     def __init__(self, image_shape: Sequence[int], patch_size: int, width: int,
                  ln_eps: float = 1e-5) -> None:
@@ -99,7 +113,15 @@ class PatchEmbedding(nn.Module):
 
 
 class TokenEmbedding(nn.Module):
-    r"""Text input: :math:`\operatorname{LN}(E_{\mathrm{tok}}[s_t] + P_t)`; padding masked."""
+    r"""Text input: :math:`\operatorname{LN}(E_{\mathrm{tok}}[s_t] + P_t)`; padding masked.
+
+    Examples
+    --------
+    >>> import torch
+    >>> z, mask = TokenEmbedding(5, 3, 8, pad_id=0)(torch.tensor([[1, 2, 0]]))
+    >>> z.shape, mask.tolist()
+    (torch.Size([1, 3, 8]), [[True, True, False]])
+    """
 
     def __init__(self, vocab_size: int, seq_len: int, width: int, pad_id: int | None,
                  ln_eps: float = 1e-5) -> None:
@@ -126,7 +148,14 @@ class TokenEmbedding(nn.Module):
 
 
 def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean over the token axis (dim 1), over the positions where ``mask`` is True."""
+    """Mean over the token axis (dim 1), over the positions where ``mask`` is True.
+
+    Examples
+    --------
+    >>> import torch
+    >>> masked_mean(torch.tensor([[[1.0], [3.0]]]), torch.tensor([[True, False]])).tolist()
+    [[1.0]]
+    """
     if mask is None:
         return x.mean(dim=1)
     m = mask.to(x.dtype)[..., None]
@@ -147,6 +176,12 @@ class GUFMNet(nn.Module):
     classifier : nn.Linear (d -> K)
     build_args : dict
         The :func:`make_model` arguments (set by it; what network files store).
+
+    Examples
+    --------
+    >>> m = make_model("rn1", 2, 8, (1, 4, 4), 3)
+    >>> m.arch, m.depth, m.width, m.num_classes
+    ('rn1', 2, 8, 3)
     """
 
     def __init__(self, arch: str, depth: int, width: int, num_classes: int, embed: nn.Module,
@@ -163,7 +198,14 @@ class GUFMNet(nn.Module):
         self.classifier = nn.Linear(width, num_classes, bias=bias)
 
     def features(self, x: Tensor) -> Tensor:
-        r"""Last-layer features :math:`h(x)`, shape (B, d): mean 0 and norm :math:`\sqrt d`."""
+        r"""Last-layer features :math:`h(x)`, shape (B, d): mean 0 and norm :math:`\sqrt d`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> make_model("rn1", 1, 8, (1, 4, 4), 3).features(torch.randn(2, 1, 4, 4)).shape
+        torch.Size([2, 8])
+        """
         z, mask = self.embed(x)
         if self.family == "resnet":
             if z.ndim == 3:  # tokens into a ResNet: pool the embedded tokens, re-normalise
@@ -248,7 +290,14 @@ class GUFMNet(nn.Module):
         return [p for g in self.scale_invariant_groups().values() for p in g]
 
     def param_sq_norm(self) -> Tensor:
-        r""":math:`\sum_\theta \lVert\theta\rVert^2` over all parameters."""
+        r""":math:`\sum_\theta \lVert\theta\rVert^2` over all parameters.
+
+        Examples
+        --------
+        >>> m = make_model("rn1", 1, 4, (1, 2, 2), 2)
+        >>> bool(m.param_sq_norm() > 0)
+        True
+        """
         return sum((p * p).sum() for p in self.parameters())
 
     def extra_repr(self) -> str:
@@ -314,6 +363,14 @@ def make_model(
     ValueError
         Unknown ``arch`` or ``input_kind``, ``depth < 1``, ``width < 2``, ``num_classes < 2``,
         missing or inconsistent input description.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = make_model("t11", 2, 8, (1, 8, 8), 3, seed=0)
+    >>> h = m.features(torch.randn(4, 1, 8, 8)).detach()
+    >>> h.shape, round(float(h.norm(dim=1)[0]) ** 2, 4)
+    (torch.Size([4, 8]), 8.0)
     """
     if not isinstance(arch, str) or arch.lower() not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
@@ -405,7 +462,14 @@ def _make_embedding(family: str, width: int, kind: str, input_shape: Sequence[in
 
 
 def model_for(dataset: Any, arch: str, depth: int, width: int, **kwargs: Any) -> GUFMNet:
-    """:func:`make_model` with the input description taken from a :class:`gufm.data.Dataset`."""
+    """:func:`make_model` with the input description taken from a :class:`gufm.data.Dataset`.
+
+    Examples
+    --------
+    >>> from gufm.deep.data import load_dataset
+    >>> model_for(load_dataset("digits", n_per_class=2), "rn2", 1, 8).embed.in_dim
+    64
+    """
     if dataset.kind == "tokens":
         kw: dict[str, Any] = dict(input_kind="tokens", vocab_size=dataset.vocab_size,
                                   seq_len=int(dataset.X.shape[1]), pad_id=dataset.pad_id)
