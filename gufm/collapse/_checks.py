@@ -69,11 +69,12 @@ def check_center(center: str) -> str:
 
 
 def labels_tensor(labels: Array, N: int, K: int | None, device: Any,
-                  name: str = "labels") -> tuple[torch.Tensor, int]:
+                  name: str = "labels", allow_empty: bool = False) -> tuple[torch.Tensor, int]:
     """Validate labels (length ``N``, integers in ``0..K-1``) as a long tensor on ``device``.
 
     Torch labels are checked where they live (one device synchronisation, no copy to the host).
-    ``K=None`` takes ``labels.max() + 1``; ``K < 2`` raises.
+    ``K=None`` takes ``labels.max() + 1``; ``K < 2`` raises.  ``allow_empty``: zero labels
+    are valid (an empty batch).
     """
     if not is_torch(labels):
         a = np.asarray(labels)
@@ -86,6 +87,8 @@ def labels_tensor(labels: Array, N: int, K: int | None, device: Any,
     if y.shape[0] != N:
         raise ValueError(f"{name} must have length N = {N} (the samples of H), got {y.shape[0]}")
     if N == 0:
+        if allow_empty and K is not None:
+            return y.to(device=device, dtype=torch.long), int(K)
         raise ValueError(f"{name}: need at least one sample")
     if y.is_complex():
         raise ValueError(f"{name} must be integers, got {y.dtype}")
@@ -100,7 +103,7 @@ def labels_tensor(labels: Array, N: int, K: int | None, device: Any,
     if K is None:
         K = hi + 1
     elif hi >= K:
-        raise ValueError(f"{name} must lie in [0, K-1] = [0, {K - 1}], got {hi}")
+        raise ValueError(f"{name} must lie in [0, K-1] = [0, {K - 1}], got values in [{lo}, {hi}]")
     if K < 2:
         raise ValueError(f"{name}: need K >= 2 classes, got K = {K}")
     return y, int(K)

@@ -154,6 +154,15 @@ class StatsEngine:
 
     Inputs to :meth:`add` are already validated: rows ``(B, d)`` on ``device`` and labels as a
     long tensor in ``0..K-1``.  ``name`` is the argument named in the NaN/inf error.
+
+    Examples
+    --------
+    >>> import torch
+    >>> eng = StatsEngine(2, 2)
+    >>> X, y = torch.tensor([[0., 0.], [2., 0.], [0., 4.], [0., 6.]]), torch.tensor([0, 0, 1, 1])
+    >>> eng.add(X, y); eng.next_pass(); eng.add(X, y)
+    >>> eng.stats(numpy=True).within_ss.tolist()
+    [2.0, 2.0]
     """
 
     def __init__(self, num_classes: int, dim: int, *, passes: int = 2,

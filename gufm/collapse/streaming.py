@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from gufm.backend import Array, is_torch
-from gufm.collapse._checks import check_center
+from gufm.collapse._checks import check_center, labels_tensor
 from gufm.collapse.metrics import report_from_stats
 from gufm.collapse.stats import CollapseStats, StatsEngine
 
@@ -243,22 +243,7 @@ class CollapseAccumulator(StatsEngine):
         self.add_ood(self._rows(H_batch, "ood"))
 
     def _check_labels(self, labels: Array, B: int) -> torch.Tensor:
-        yt = _to_tensor(labels, "labels_batch")
-        if yt.ndim != 1 or yt.shape[0] != B:
-            raise ValueError(f"labels_batch must have shape (batch,) = ({B},), got "
-                             f"{tuple(yt.shape)}")
-        if yt.is_floating_point():
-            if not bool(torch.isfinite(yt).all()) or bool((yt != yt.round()).any()):
-                raise ValueError("labels_batch must be integers")
-        elif yt.dtype == torch.bool or yt.is_complex():
-            raise ValueError(f"labels_batch must be integers, got {yt.dtype}")
-        y = yt.to(device=self.device, dtype=torch.long)
-        if B:
-            lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one device sync
-            if lo < 0 or hi >= self.K:
-                raise ValueError(f"labels_batch must lie in [0, K-1] = [0, {self.K - 1}], got "
-                                 f"values in [{lo}, {hi}]")
-        return y
+        return labels_tensor(labels, B, self.K, self.device, "labels_batch", allow_empty=True)[0]
 
     # ----------------------------------------------------------------------------- passes
     def next_pass(self, W: Array | None = None, b: Array | None = None) -> None:

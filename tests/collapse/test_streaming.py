@@ -166,7 +166,7 @@ def test_degenerate_inputs():
         acc.update(np.ones((7, 3)), np.zeros(7, dtype=int))
     with pytest.raises(ValueError, match=r"labels_batch must lie in \[0, K-1\]"):
         acc.update(bs[3][0], bs[3][1] + 4)
-    with pytest.raises(ValueError, match="labels_batch must have shape"):
+    with pytest.raises(ValueError, match="labels_batch must have length"):
         acc.update(bs[3][0], bs[3][1][:-1])
     for h, yy in bs[3:]:  # the failed batches left the accumulator untouched
         acc.update(h, yy)
