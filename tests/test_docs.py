@@ -133,3 +133,112 @@ def test_section_reference_checker_catches_a_bad_reference(tmp_path: Path) -> No
     page = tmp_path / "p.md"
     page.write_text("# t\n\n## 1. One\n\ntext\n\n## 2. Two\n")
     assert _section_numbers(page) == {1, 2}
+
+
+# ------------------------------------------------------------------------------------------
+# The derivations of the pages, checked numerically at random points (independent formulas)
+def _sphere_problem(loss: str, K: int = 3, d: int = 5, rho: float = 1.3, lam: float = 0.1,
+                    lam_b: float | None = None) -> gufm.GUFM:
+    return gufm.GUFM(counts=[2] * K, dim=d, loss=loss, features="sphere", radius=rho, lam_W=lam,
+                     lam_b=lam_b)
+
+
+def _random_sphere_features(rng, d: int, K: int, rho: float, free: int | None = None):
+    import numpy as np
+
+    H = rng.standard_normal((d, K))
+    if free is not None:
+        H[free:] = 0.0
+    return rho * H / np.linalg.norm(H, axis=0)
+
+
+def _softmax(Z):
+    import numpy as np
+
+    E = np.exp(Z - Z.max(0))
+    return E / E.sum(0)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_certificate_escape_direction_has_second_order_coefficient_lambda_min(loss: str) -> None:
+    """docs/certificate.md, section 6: F(eps) - F = eps^2 v^T (diag mu - Y^T Y/(2 lam)) v + O(eps^4)."""
+    import numpy as np
+
+    from gufm.model.objective import group_objective
+
+    rng = np.random.default_rng(0)
+    K, d, rho, lam = 3, 5, 1.3, 0.1
+    prob = _sphere_problem(loss, K, d, rho, lam)
+    H = _random_sphere_features(rng, d, K, rho, free=d - 1)       # last axis e is free
+    W = rng.standard_normal((K, d))
+    W[:, -1] = 0.0
+    Z, p = W @ H, np.full(K, 1.0 / K)
+    Y = p * (_softmax(Z) - np.eye(K)) if loss == "ce" else p * (Z - np.eye(K))
+    mu = -(Z * Y).sum(0) / (2 * rho**2)
+    S = np.diag(mu) - Y.T @ Y / (2 * lam)
+    v = rng.standard_normal(K)
+    u = -Y @ v / lam
+    e = np.eye(d)[:, -1]
+
+    def F(eps: float) -> float:
+        Heps = np.sqrt(1 - eps**2 * v**2 / rho**2) * H + eps * np.outer(e, v)
+        return group_objective(prob, W + eps * np.outer(u, e), None, Heps)
+
+    coeff = [(F(eps) - F(0.0)) / eps**2 for eps in (2e-3, 1e-3)]
+    assert abs(coeff[1] - v @ S @ v) < 1e-5 * (1 + abs(v @ S @ v))
+    assert abs(coeff[1] - v @ S @ v) < abs(coeff[0] - v @ S @ v) + 1e-9   # error shrinks with eps
+
+
+def test_closed_form_ce_bound_phi_holds_at_random_points_with_any_bias() -> None:
+    """docs/closed_forms.md, section 1: F >= phi(s), s = ||W||_F / sqrt K, for every bias."""
+    import math
+
+    import numpy as np
+
+    from gufm.model.objective import group_objective
+    from gufm.solvers.closed_form import ce_etf_value
+
+    rng = np.random.default_rng(1)
+    K, d, rho, lam = 4, 6, 1.7, 0.05
+    prob = _sphere_problem("ce", K, d, rho, lam, lam_b=0.3)
+    a = rho * K / (K - 1)
+    for _ in range(50):
+        W, b = rng.standard_normal((K, d)) * rng.uniform(0.1, 3), rng.standard_normal(K) * 3
+        F = group_objective(prob, W, b, _random_sphere_features(rng, d, K, rho))
+        s = np.linalg.norm(W) / math.sqrt(K)
+        phi = math.log1p((K - 1) * math.exp(-a * s)) + lam * K * s * s / 2
+        assert F >= phi - 1e-12 >= ce_etf_value(K, rho, lam) - 1e-12
+
+
+def test_closed_form_mse_ridge_value_in_the_spectrum() -> None:
+    """docs/closed_forms.md, section 2: min_W F = 1/2 - (1/2K) sum_i sigma_i / (sigma_i + K lam)."""
+    import numpy as np
+
+    from gufm.model.objective import group_objective
+
+    rng = np.random.default_rng(2)
+    K, d, rho, lam = 4, 3, 1.1, 0.2
+    prob = _sphere_problem("mse", K, d, rho, lam)
+    H = _random_sphere_features(rng, d, K, rho)
+    G = H.T @ H
+    W = np.linalg.solve(G + K * lam * np.eye(K), H.T)
+    sigma = np.linalg.eigvalsh(G)
+    expected = 0.5 - (sigma / (sigma + K * lam)).sum() / (2 * K)
+    assert abs(group_objective(prob, W, None, H) - expected) < 1e-13
+    for _ in range(5):   # and W is the minimiser
+        Wp = W + 1e-3 * rng.standard_normal(W.shape)
+        assert group_objective(prob, Wp, None, H) > expected
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_certificate_bound_is_valid_at_any_point(loss: str) -> None:
+    """docs/certificate.md, section 7: the bound built at ANY point is below the optimum."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    prob = gufm.GUFM(counts=[3, 2, 1], dim=3, loss=loss, features="sphere", radius=1.2, lam_W=0.1)
+    best = gufm.solve(prob).value
+    for _ in range(20):
+        W = rng.standard_normal((3, 3)) * rng.uniform(0.1, 3)
+        Z = W @ _random_sphere_features(rng, 3, 3, 1.2)
+        assert gufm.certify(prob, Z).lower_bound <= best + 1e-12
