@@ -21,6 +21,7 @@ feature term becomes :math:`\tfrac{\lambda_H}{2}\sum_g n_g \lVert h_g\rVert^2`.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -233,32 +234,44 @@ class GUFM:
         """Hard labels with equal class counts."""
         return self.hard_labels and bool(np.all(self.groups.counts == self.groups.counts[0]))
 
-    def normalised(self) -> tuple[GUFM, float]:
-        r"""The same problem at radius 1, and the radius :math:`\rho` it was scaled by.
+    def rescaled(self, radius: float = 1.0) -> tuple[GUFM, float]:
+        r"""The same problem at another radius, and the factor :math:`c = \rho/r` it used.
 
-        Only :math:`\rho W` enters the logits, so :math:`(W, H) \mapsto (\rho W, H/\rho)` maps
-        the problem with radius :math:`\rho` and :math:`\lambda_W` onto the one with radius 1
-        and :math:`\lambda_W/\rho^2`, with the same logits, objective and optimum (see
-        docs/problem.md).  Solvers work there (well scaled whatever :math:`\rho`) and map back.
-        Models without a radius (``penalty``) and :math:`\rho = 1` return ``(self, 1.0)``.
+        Only :math:`\rho W` enters the logits, so :math:`(W, H) \mapsto (cW, H/c)` maps the
+        problem with radius :math:`\rho` and :math:`\lambda_W` onto the one with radius
+        :math:`r = \rho/c` and :math:`\lambda_W/c^2`, with the same logits, objective and
+        optimum (see docs/problem.md).  Solvers work in a well-scaled copy and map back
+        (``W = W'/c``, ``H = c H'``).  Models without a radius (``penalty``) and
+        :math:`r = \rho` return ``(self, 1.0)``.
 
         Examples
         --------
         >>> prob = GUFM(counts=[2, 1], dim=3, features="sphere", radius=10.0, lam_W=1.0)
-        >>> norm, rho = prob.normalised()
-        >>> norm.rho, norm.lam_W, rho
+        >>> norm, c = prob.rescaled(1.0)
+        >>> norm.rho, norm.lam_W, c
         (1.0, 0.01, 10.0)
         """
-        if not self.feature_model.radial or self.rho == 1.0:
+        if not self.feature_model.radial or self.rho == radius:
             return self, 1.0
-        rho = self.rho
-        lam = self.lam_W / rho**2
-        if not lam > 0:
-            raise ValueError(f"lam_W / radius^2 = {self.lam_W!r} / {rho!r}^2 underflows to 0")
+        c = self.rho / float(radius)
+        lam = self.lam_W / c**2
+        if not (lam > 0 and math.isfinite(lam)):
+            raise ValueError(f"lam_W / (rho / radius)^2 = {self.lam_W!r} / {c!r}^2 is not a "
+                             "positive float")
         out = copy.copy(self)
-        object.__setattr__(out, "radius", 1.0)
+        object.__setattr__(out, "radius", float(radius))
         object.__setattr__(out, "lam_W", lam)
-        return out, rho
+        return out, c
+
+    def normalised(self) -> tuple[GUFM, float]:
+        """:meth:`rescaled` to radius 1: ``(problem, rho)``.
+
+        Examples
+        --------
+        >>> GUFM(counts=[2, 1], dim=4).normalised()[1]
+        2.0
+        """
+        return self.rescaled(1.0)
 
     def describe(self) -> dict:
         """A JSON-friendly description of the instance."""

@@ -27,6 +27,8 @@ from gufm.solvers.result import ATOL, RTOL, SolveResult, check_tolerances
 from gufm.solvers.sdp import solve_sdp
 
 METHODS = ("auto", "closed_form", "gradient", "sdp", "full")
+#: wall-time cap of the SDP bound that ``auto`` adds to an uncertified gradient solve
+AUTO_SDP_SECONDS = 20.0
 
 
 def solve(prob: GUFM, method: str = "auto", *, rtol: float = RTOL, atol: float = ATOL,
@@ -94,8 +96,9 @@ def _solve_auto(prob: GUFM, tol: dict, options: dict, budget: Budget) -> SolveRe
         # the SDP relaxation gives the tightest bound the convex relaxation can; keep the best
         # value and the best bound (both are valid for the same problem)
         try:
-            left = None if budget.max_seconds is None else budget.remaining()
-            sdp = solve_sdp(prob, **tol, max_seconds=left)
+            # the SDP only adds a bound here: it gets at most AUTO_SDP_SECONDS (SCS at 1e-9
+            # runs for minutes on K + G ~ 60 when the relaxation is not tight)
+            sdp = solve_sdp(prob, **tol, max_seconds=min(budget.remaining(), AUTO_SDP_SECONDS))
             tried.append(("sdp", sdp.value, sdp.lower_bound))
             best = sdp if sdp.value < res.value else res
             bound = max(sdp.lower_bound, res.lower_bound)

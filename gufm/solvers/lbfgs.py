@@ -41,16 +41,29 @@ def lbfgs(
     noise: float = 1e-14,
     callback: Callable[[np.ndarray, float], bool] | None = None,
     callback_every: int = 50,
+    stall_window: int | None = None,
+    stall_rtol: float = 0.0,
+    fscale: float = 1.0,
 ) -> LBFGSResult:
     """Minimise ``fun`` (returning value and gradient) from ``x0``.
 
-    Stops when ``max|g| <= gtol * max(1, |f|)`` ("gradient tolerance reached"), after
+    Stops when ``max|g| <= gtol * max(fscale, |f|)`` ("gradient tolerance reached"), after
     ``maxiter`` iterations, or when ``stall`` consecutive line searches fail to decrease ``f``
     ("no further decrease at float64 precision").  Within ``noise * max(1, |f|)`` of the
     current value, a step is accepted when it shrinks the gradient norm (Armijo cannot see
     progress there), which lets the iteration reach gradients near 1e-13.  ``callback(x, f)`` is
     called every ``callback_every`` iterations; returning True stops ("stopped by callback"),
-    which the solvers use to stop as soon as the dual certificate holds.
+    which the solvers use to stop as soon as the dual certificate holds.  With ``stall_window``
+    set, it also stops ("stalled: ...") once ``stall_window`` iterations have lowered ``f`` by
+    at most ``stall_rtol * max(|f|, tiny)``: sublinear crawls towards a degenerate optimum
+    (singular Hessian) would otherwise run to ``maxiter``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> res = lbfgs(lambda x: (float(x @ x), 2 * x), np.ones(3))
+    >>> res.message, res.fun < 1e-20
+    ('gradient tolerance reached', True)
     """
     x = np.array(x0, dtype=float)
     f, g = fun(x)
@@ -61,12 +74,18 @@ def lbfgs(
     fails = 0
     message = "maximum iterations reached"
     it = 0
+    past: deque[float] = deque(maxlen=(stall_window or 0) + 1)
     for it in range(1, maxiter + 1):  # noqa: B007 - it is reported
         if callback is not None and it % callback_every == 0 and callback(x, f):
             message = "stopped by callback"
             break
+        if stall_window:
+            past.append(f)
+            if len(past) == past.maxlen and past[0] - f <= stall_rtol * max(abs(f), 1e-300):
+                message = f"stalled: f decreased by <= {stall_rtol:g} |f| in {stall_window} iterations"
+                break
         gn = float(np.abs(g).max())
-        if gn <= gtol * max(1.0, abs(f)):
+        if gn <= gtol * max(fscale, abs(f)):
             message = "gradient tolerance reached"
             break
         # two-loop recursion

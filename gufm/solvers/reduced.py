@@ -109,6 +109,12 @@ class ReducedParametrisation:
         return float(val), self.nx.to_numpy(self.nx.concatenate(parts))
 
 
+#: a round stops when STALL_WINDOW iterations lower F by at most STALL_FRACTION * rtol * |F|:
+#: at that pace the certificate's gap cannot close (degenerate optima converge sublinearly)
+STALL_WINDOW = 500
+STALL_FRACTION = 1.0
+
+
 def initial_point(prob: GUFM, p: int, init: str, rng: np.random.Generator):
     """A starting point ``(W, b, H)`` in ``p`` reduced dimensions.
 
@@ -196,7 +202,8 @@ def solve_gradient(
         ``auto``: a perturbed simplex ETF for CE with hard labels, else random.
     seed : int
     gtol : float
-        L-BFGS gradient tolerance (relative to ``max(1, |F|)``).
+        L-BFGS gradient tolerance, relative to ``|F|`` (so tiny optima are resolved too; a
+        round also ends when it stalls, see :data:`STALL_WINDOW`).
     maxiter : int
         L-BFGS iterations per round.
     max_escapes : int
@@ -287,7 +294,8 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
 
     while True:
         res = lbfgs(param.fun, x, gtol=gtol, maxiter=maxiter, callback=out_of_time,
-                    callback_every=1 if budget.max_seconds is not None else 50)
+                    callback_every=1 if budget.max_seconds is not None else 50,
+                    stall_window=STALL_WINDOW, stall_rtol=STALL_FRACTION * rtol, fscale=0.0)
         nit += int(res.nit)
         x = res.x
         Wp, b, Hp = param.point(x)

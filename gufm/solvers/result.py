@@ -14,10 +14,14 @@ from gufm.model.problem import GUFM
 
 #: default relative tolerance: certified when ``gap <= atol * loss_scale + rtol * |value|``
 RTOL = 1e-7
-#: default absolute tolerance, in units of :func:`loss_scale` (the loss at the origin)
-ATOL = 1e-12
-#: a lower bound may exceed the value by this much (times ``loss_scale + |value|``): rounding
-ROUNDING = 1e-12
+#: default absolute tolerance, in units of :func:`loss_scale` (the loss at the origin): about
+#: four float64 epsilons, the rounding level of the objective, so every optimum above
+#: ``1e-8 * loss_scale`` is held to ``rtol`` and only smaller ones to the rounding floor
+ATOL = 1e-15
+#: a lower bound may exceed the value by rounding only: ``ROUNDING_ABS * loss_scale +
+#: ROUNDING_REL * |value|``; more means a wrong value or bound, which is never certified
+ROUNDING_ABS = 1e-15
+ROUNDING_REL = 1e-12
 
 
 def loss_scale(prob: GUFM) -> float:
@@ -77,9 +81,10 @@ def check_tolerances(rtol: float, atol: float) -> tuple[float, float]:
 def is_certified(prob: GUFM, value: float, lower_bound: float, rtol: float, atol: float) -> bool:
     r"""The certification rule (see docs/certificate.md):
 
-    .. math:: -\epsilon_r (s + |F|) \le F - L \le \mathrm{atol}\, s + \mathrm{rtol}\,|F|
+    .. math:: -(\epsilon_a s + \epsilon_r |F|) \le F - L \le \mathrm{atol}\, s + \mathrm{rtol}\,|F|
 
-    with :math:`s` = :func:`loss_scale` and :math:`\epsilon_r` = :data:`ROUNDING`: the bound may
+    with :math:`s` = :func:`loss_scale`, :math:`\epsilon_a` = :data:`ROUNDING_ABS` and
+    :math:`\epsilon_r` = :data:`ROUNDING_REL`: the bound may
     exceed the value only by rounding (more means one of them is wrong, which is never
     certified), and the gap is within the relative tolerance, with an absolute floor scaled to
     the problem so that tiny optima (``lam_W = 1e-10``) are still held to ``rtol``.
@@ -97,7 +102,7 @@ def is_certified(prob: GUFM, value: float, lower_bound: float, rtol: float, atol
     if not math.isfinite(gap):
         return False
     s = loss_scale(prob)
-    return -ROUNDING * (s + abs(value)) <= gap <= atol * s + rtol * abs(value)
+    return -(ROUNDING_ABS * s + ROUNDING_REL * abs(value)) <= gap <= atol * s + rtol * abs(value)
 
 
 @dataclass

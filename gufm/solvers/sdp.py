@@ -16,10 +16,13 @@ rank ``m``, features renormalised, then polished by the gradient solver.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gufm.model.certificate import certify
 from gufm.model.problem import GUFM
+from gufm.solvers.closed_form import etf_scales
 from gufm.solvers.finish import Budget, failed_result, finish
 from gufm.solvers.reduced import solve_gradient
 from gufm.solvers.result import ATOL, RTOL, SolveResult, check_tolerances
@@ -71,10 +74,9 @@ def solve_sdp(
 ) -> SolveResult:
     r"""Solve the convex relaxation, certify its lower bound and round it to a feasible point.
 
-    The relaxation is solved in the normalised scale (:meth:`gufm.model.problem.GUFM.normalised`:
-    radius 1, :math:`\lambda_W/\rho^2`, which has the same ``Z = W H``), so that ``A`` and
-    ``B`` have comparable entries whatever :math:`\rho`; bound and value are computed on
-    ``prob`` itself.
+    The relaxation is solved in a rescaled copy (:meth:`gufm.model.problem.GUFM.rescaled`,
+    which has the same ``Z = W H``) whose radius makes ``A`` and ``B`` comparable whatever
+    :math:`\rho`; bound and value are computed on ``prob`` itself.
 
     Parameters
     ----------
@@ -109,7 +111,7 @@ def solve_sdp(
     budget = Budget(max_seconds)
     t0 = budget.t0
     K = prob.K
-    norm, rho = prob.normalised()
+    norm, rho = prob.rescaled(_balanced_radius(prob))
     problem, M, bvar = _build(norm)
     kwargs: dict = {"verbose": verbose}
     if solver.upper() == "SCS":
@@ -170,10 +172,20 @@ def solve_sdp(
     return res
 
 
+def _balanced_radius(prob: GUFM) -> float:
+    r"""A radius at which ``A = W Wᵀ`` and ``B = Hᵀ H`` have comparable scales: with the
+    classifier scale :math:`s_w` of the simplex-ETF estimate, :math:`r = \sqrt{\rho s_w}`
+    (then :math:`\lVert w\rVert \approx \lVert h\rVert \approx r`)."""
+    if not prob.feature_model.radial:
+        return math.nan
+    sw = etf_scales(prob)[0]
+    return math.sqrt(prob.rho * sw) if sw > 0 else prob.rho
+
+
 def _norm_violation(norm: GUFM, B: np.ndarray) -> float:
-    """Violation of the feature norms ``sqrt(B_gg)`` (radius 1) by the SDP's solution."""
+    """Violation of the feature norms ``sqrt(B_gg)`` (radius ``norm.rho``) by the SDP."""
     fm = norm.feature_model
     if not fm.radial:
         return 0.0
-    n = np.sqrt(np.clip(np.diag(B), 0.0, None))
+    n = np.sqrt(np.clip(np.diag(B), 0.0, None)) / norm.rho
     return float(np.max(np.abs(n - 1.0) if fm.equality else np.clip(n - 1.0, 0.0, None)))

@@ -222,7 +222,8 @@ def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: i
     x0 = _etf_start(prob, types, par, np.random.default_rng(seed))
     budget = Budget(None) if budget is None else budget
     res = lbfgs(par.fun, x0, gtol=gtol, maxiter=maxiter, callback=lambda x, f: budget.expired(),
-                callback_every=1 if budget.max_seconds is not None else 50)
+                callback_every=1 if budget.max_seconds is not None else 50,
+                stall_window=500, stall_rtol=rtol if rtol is not None else 1e-7)
     x, newton = res.x, 0
     if rtol is not None and not budget.expired():
 
