@@ -17,9 +17,10 @@ wrong_value         the reported value is not the objective at the returned (fea
 error               gufm.solve raised
 =================== ==========================================================================
 
-The JSON holds the table, the table per stratum, every non-clean case in full (to reproduce
-it), and the time spent by gufm and by the independent solver.  Not part of the benchmark runner
-(``python -m benchmarks run``): it measures correctness, not speed.
+The JSON holds the table, the table per stratum and per d < K / d >= K, one row per instance,
+every non-clean case in full (to reproduce it), the number of solves that hit ``--max-seconds``,
+the slowest solves, and the time spent by gufm and by the independent solver.  Not part of the
+benchmark runner (``python -m benchmarks run``): it measures correctness, not speed.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def run(n: int, seed: int, max_K: int, restarts: int, max_seconds: float | None,
     rng = np.random.default_rng(seed)
     table: Counter[str] = Counter()
     by_stratum: dict[str, Counter[str]] = {}
+    by_dim: dict[str, Counter[str]] = {"d<K": Counter(), "d>=K": Counter()}
+    rows: list[dict[str, Any]] = []
+    time_limits = 0
     cases: list[dict[str, Any]] = []
     t_gufm = t_indep = 0.0
     slowest: list[tuple[float, dict[str, Any]]] = []
@@ -98,6 +102,12 @@ def run(n: int, seed: int, max_K: int, restarts: int, max_seconds: float | None,
         entry.update(outcome=outcome, independent=indep, gufm_seconds=dt)
         table[outcome] += 1
         by_stratum.setdefault(key, Counter())[outcome] += 1
+        by_dim["d<K" if case.d < case.K else "d>=K"][outcome] += 1
+        hit = res is not None and "time limit" in str(res.stop_reason)
+        time_limits += hit
+        rows.append({"index": i, "stratum": key, "K": case.K, "d": case.d, "outcome": outcome,
+                     "gap": None if res is None else res.value - res.lower_bound,
+                     "time_limit": hit, "gufm_seconds": round(dt, 4)})
         if outcome not in ("certified_correct", "uncertified"):
             cases.append({**entry, "case": case.describe()})
         slowest = sorted([*slowest, (dt, entry)], key=lambda t: -t[0])[:10]
@@ -109,6 +119,9 @@ def run(n: int, seed: int, max_K: int, restarts: int, max_seconds: float | None,
         "n": n, "seed": seed, "max_K": max_K, "restarts": restarts, "max_seconds": max_seconds,
         "table": {k: table.get(k, 0) for k in OUTCOMES},
         "by_stratum": {k: dict(v) for k, v in sorted(by_stratum.items())},
+        "by_dim": {k: dict(v) for k, v in by_dim.items()},
+        "time_limit_hits": time_limits,
+        "instances": rows,
         "not_clean": cases,
         "slowest": [{"gufm_seconds": dt, "stratum": e["stratum"], "params": e["params"],
                      "outcome": e["outcome"]} for dt, e in slowest],
