@@ -242,3 +242,24 @@ def test_certificate_bound_is_valid_at_any_point(loss: str) -> None:
         W = rng.standard_normal((3, 3)) * rng.uniform(0.1, 3)
         Z = W @ _random_sphere_features(rng, 3, 3, 1.2)
         assert gufm.certify(prob, Z).lower_bound <= best + 1e-12
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_certificate_gap_identity_at_any_point(loss: str) -> None:
+    """docs/certificate.md, section 4: F - bound = <grad_W F, W>/2 + rho^2 G t at any point."""
+    import numpy as np
+
+    from gufm.model.objective import group_objective
+
+    rng = np.random.default_rng(4)
+    K, d, rho, lam = 3, 4, 1.3, 0.2
+    prob = _sphere_problem(loss, K, d, rho, lam)
+    for _ in range(10):
+        W = rng.standard_normal((K, d))
+        H = _random_sphere_features(rng, d, K, rho)
+        Z, p = W @ H, np.full(K, 1.0 / K)
+        Y = p * (_softmax(Z) - np.eye(K)) if loss == "ce" else p * (Z - np.eye(K))
+        grad_W = lam * W + Y @ H.T
+        cert = gufm.certify(prob, Z)
+        gap = group_objective(prob, W, None, H) - cert.lower_bound
+        assert abs(gap - (0.5 * np.sum(grad_W * W) + rho**2 * K * cert.shift)) < 1e-9 * (1 + gap)
