@@ -50,7 +50,7 @@ def balanced_ce_etf_value(K, rho, lam):
 
 
 # ----------------------------------------------------------------------------- F1: layout
-@pytest.mark.parametrize("method", ["auto", "closed_form", "gradient"])
+@pytest.mark.parametrize("method", ["auto", "closed_form", "gradient", "sdp"])
 def test_f1_samples_not_in_group_order(method):
     prob = gufm.GUFM(labels=[1, 0, 2], dim=4, lam_W=1e-2)  # N = G = 3, samples out of order
     res = gufm.solve(prob, method=method)
