@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``gufm`` with ``argv`` (default: the command line); returns the exit status.
 
-    A value the command cannot use (:class:`ValueError`) or a file problem (:class:`OSError`:
-    a missing folder or data file, no permission) prints one line naming the flag and returns 2.
+    A value the command cannot use (:class:`ValueError`, e.g. a corrupt data file) or a file
+    problem (:class:`OSError`: a missing folder or data file, no permission) prints one line
+    naming the flag and returns 2; argparse's own errors (an unknown choice) exit with 2 too.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = name_flags(str(exc), getattr(args, "flags", {}))
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
             msg = f"{msg}: {exc.filename}"
-        print(f"gufm {args.command}: error: {msg}", file=sys.stderr)
+        print(f"gufm {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
 
 
