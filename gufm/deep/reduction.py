@@ -1,4 +1,4 @@
-r"""The reduction check of spec section 6: a trained network against the GUFM optimum.
+r"""The reduction check of docs/networks.md, section 3: a trained network against the GUFM optimum.
 
 For a network whose last features are exact LayerNorm outputs (:mod:`gufm.nets`), the pair
 (classifier, features) is feasible for the GUFM with ``features="layernorm"``,

@@ -1,6 +1,6 @@
 r"""Losses of the GUFM, their gradients and their Fenchel conjugates (numpy or torch).
 
-Conventions (``../shared/spec/GUFM.md`` section 1).  Logits are stored column-wise: ``Z`` has
+Conventions (docs/problem.md, sections 4-5).  Logits are stored column-wise: ``Z`` has
 shape ``(K, G)``, one column per group (class or distinct soft label), targets ``Q`` have shape
 ``(K, G)`` with columns in the probability simplex, and group weights ``p`` sum to one.
 

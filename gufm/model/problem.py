@@ -12,7 +12,7 @@ with features ``H`` of shape ``(d, N)`` constrained by the feature model:
 * ``"sphere"``: :math:`\lVert h_i\rVert = \rho`;  ``"ball"``: :math:`\lVert h_i\rVert \le \rho`;
 * ``"penalty"``: unconstrained, with the :math:`\lambda_H` term (the classic UFM).
 
-Reduction (spec section 2): samples with the same label (or the same soft-label distribution)
+Reduction (docs/reduction.md): samples with the same label (or the same soft-label distribution)
 are merged into one *group* ``g`` with weight :math:`p_g = n_g/N` and target :math:`q_g`.  The
 reduced problem over one feature per group has the same optimal value; for ``penalty`` the
 feature term becomes :math:`\tfrac{\lambda_H}{2}\sum_g n_g \lVert h_g\rVert^2`.

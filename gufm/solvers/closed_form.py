@@ -1,4 +1,4 @@
-r"""Closed-form optima of balanced GUFM instances (spec section 3), derived and re-checked in tests.
+r"""Closed-form optima of balanced GUFM instances (docs/closed_forms.md), derived and re-checked in tests.
 
 * **CE, sphere-type features** (``layernorm`` needs :math:`d-1 \ge K-1`, ``sphere``/``ball`` need
   :math:`d \ge K-1`; any bias): simplex-ETF collapse :math:`h_k = \rho m_k`, :math:`w_k = s m_k`,

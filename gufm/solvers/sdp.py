@@ -1,4 +1,4 @@
-r"""The convex relaxation of spec section 4, solved with cvxpy (SCS by default).
+r"""The convex relaxation of docs/certificate.md, section 1, solved with cvxpy (SCS by default).
 
 .. math::
 

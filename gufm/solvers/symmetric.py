@@ -1,6 +1,6 @@
 r"""Exact symmetry reduction for hard labels with repeated class counts.
 
-Classes with equal counts are exchangeable, so the convex relaxation (spec section 4) has an
+Classes with equal counts are exchangeable, so the convex relaxation (docs/certificate.md, section 1) has an
 optimum invariant under permuting them.  We search that invariant family directly: classes are
 grouped into *types* ``t`` (equal counts ``n_t``, multiplicity ``m_t``) and, for class ``k`` of
 type ``t``,

@@ -1,4 +1,4 @@
-"""The paper's networks with exact affine-free LayerNorm features (spec section 6).
+"""The paper's networks with exact affine-free LayerNorm features (docs/networks.md).
 
 ``make_model(arch, depth, width, input_shape, num_classes)`` builds L-RN1 (``"rn1"``), L-RN2
 (``"rn2"``), L-T11 (``"t11"``), L-T12 (``"t12"``) and pre-LN L-T11 (``"preln-t11"``); every model

@@ -4,7 +4,7 @@ Two affine-free LayerNorms are used.  Inside the network (after the embedding an
 blocks) the standard one, :math:`\operatorname{LN}_\varepsilon(x) = (x-\bar x)/
 \sqrt{\operatorname{var}(x) + \varepsilon}` (:func:`torch.nn.functional.layer_norm`,
 ``eps = ln_eps``, default ``1e-5``).  Before the classifier the *exact* one of the GUFM feature
-model (spec section 1), which is ``eps = 0``:
+model (docs/problem.md, section 3), which is ``eps = 0``:
 
 .. math::
 

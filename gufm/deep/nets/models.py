@@ -1,4 +1,4 @@
-r"""The paper's networks (spec section 6): L-RN1, L-RN2, L-T11, L-T12 and pre-LN L-T11.
+r"""The paper's networks (docs/networks.md, section 1): L-RN1, L-RN2, L-T11, L-T12 and pre-LN L-T11.
 
 A network is ``embedding -> L blocks -> (pool) -> LN -> classifier``:
 
