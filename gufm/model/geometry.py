@@ -10,6 +10,17 @@ def helmert_basis(d: int, p: int | None = None) -> np.ndarray:
 
     Column ``j`` (0-based) is :math:`(1,\\dots,1,-(j+1),0,\\dots,0)/\\sqrt{(j+1)(j+2)}` with
     ``j+1`` ones.  Shape ``(d, p)``, ``p <= d - 1`` (default ``d - 1``).  Cost ``O(d p)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> B = helmert_basis(3)
+    >>> np.round(B * np.sqrt([2.0, 6.0]), 12)
+    array([[ 1.,  1.],
+           [-1.,  1.],
+           [ 0., -2.]])
+    >>> bool(np.allclose(B.T @ B, np.eye(2))), bool(np.allclose(B.sum(0), 0))
+    (True, True)
     """
     p = d - 1 if p is None else p
     if not 0 <= p <= d - 1:
@@ -24,6 +35,17 @@ def simplex_etf(K: int, p: int | None = None) -> np.ndarray:
     """Unit columns :math:`m_k` of a simplex ETF, :math:`m_k^\\top m_j = -1/(K-1)`, shape ``(p, K)``.
 
     Needs ``p >= K - 1`` (default ``K - 1``); extra rows are zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> M = simplex_etf(3)
+    >>> np.round(M.T @ M, 12)
+    array([[ 1. , -0.5, -0.5],
+           [-0.5,  1. , -0.5],
+           [-0.5, -0.5,  1. ]])
+    >>> simplex_etf(3, 4).shape
+    (4, 3)
     """
     p = K - 1 if p is None else p
     if p < K - 1:
@@ -35,5 +57,13 @@ def simplex_etf(K: int, p: int | None = None) -> np.ndarray:
 
 
 def etf_gram(K: int) -> np.ndarray:
-    """:math:`E_K = (I - \\mathbf 1\\mathbf 1^\\top/K)/\\sqrt{K-1}`, the normalised simplex-ETF Gram."""
+    """:math:`E_K = (I - \\mathbf 1\\mathbf 1^\\top/K)/\\sqrt{K-1}`, the normalised simplex-ETF Gram.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> G = simplex_etf(4).T @ simplex_etf(4)
+    >>> bool(np.allclose(etf_gram(4), G / np.linalg.norm(G))), round(float(np.linalg.norm(etf_gram(4))), 12)
+    (True, 1.0)
+    """
     return (np.eye(K) - 1.0 / K) / np.sqrt(K - 1.0)

@@ -57,33 +57,71 @@ def _ce_margin_min(K: int, a: float, quad: float, lin: float) -> float:
 
 
 def ce_etf_scale(K: int, rho: float, lam_W: float) -> float:
-    """Optimal classifier scale :math:`s^*` of the CE simplex-ETF solution."""
+    """Optimal classifier scale :math:`s^*` of the CE simplex-ETF solution.
+
+    Examples
+    --------
+    >>> import math
+    >>> round(ce_etf_scale(4, math.sqrt(8), 0.01), 5)
+    1.40305
+    """
     return _ce_margin_min(K, rho * K / (K - 1.0), lam_W * K, 0.0)
 
 
 def ce_etf_value(K: int, rho: float, lam_W: float) -> float:
-    r""":math:`\min_s \varphi(s)` for CE with sphere-type features (module docstring)."""
+    r""":math:`\min_s \varphi(s)` for CE with sphere-type features (module docstring).
+
+    Examples
+    --------
+    >>> import math
+    >>> round(ce_etf_value(4, math.sqrt(8), 0.01), 7)
+    0.0543647
+    """
     a = rho * K / (K - 1.0)
     s = ce_etf_scale(K, rho, lam_W)
     return math.log1p((K - 1) * math.exp(-a * s)) + lam_W * K * s * s / 2.0
 
 
 def mse_value(K: int, m: int, rho: float, lam_W: float) -> float:
-    r""":math:`\tfrac12(1 - (r/K)\,x/(x+\lambda_W))`, :math:`r = \min(K, m)`, :math:`x = \rho^2/r`."""
+    r""":math:`\tfrac12(1 - (r/K)\,x/(x+\lambda_W))`, :math:`r = \min(K, m)`, :math:`x = \rho^2/r`.
+
+    Examples
+    --------
+    >>> import math
+    >>> round(mse_value(4, 7, math.sqrt(8), 0.01), 8)      # layernorm, d = 8: m = 7
+    0.00248756
+    """
     r = min(K, m)
     x = rho**2 / r
     return 0.5 * (1.0 - (r / K) * x / (x + lam_W))
 
 
 def penalty_ce_scales(K: int, n: float, lam_W: float, lam_H: float) -> tuple[float, float]:
-    """Scales ``(s_w, s_h)`` of the penalty-CE ETF solution with ``n`` samples per class."""
+    """Scales ``(s_w, s_h)`` of the penalty-CE ETF solution with ``n`` samples per class.
+
+    Examples
+    --------
+    >>> [round(s, 5) for s in penalty_ce_scales(4, 10, 0.01, 0.001)]
+    [1.8523, 1.8523]
+    >>> penalty_ce_scales(4, 10, 1.0, 1.0)       # K sqrt(lam_W lam_H n) >= 1: collapse to zero
+    (0.0, 0.0)
+    """
     c = K * math.sqrt(lam_W * lam_H * n)
     t = _ce_margin_min(K, K / (K - 1.0), 0.0, c)
     return math.sqrt(t * math.sqrt(lam_H * n / lam_W)), math.sqrt(t * math.sqrt(lam_W / (lam_H * n)))
 
 
 def penalty_ce_value(K: int, n: float, lam_W: float, lam_H: float) -> float:
-    """Optimal value of the balanced penalty-CE UFM (module docstring)."""
+    """Optimal value of the balanced penalty-CE UFM (module docstring).
+
+    Examples
+    --------
+    >>> import math
+    >>> round(penalty_ce_value(4, 10, 0.01, 0.001), 6)
+    0.167701
+    >>> penalty_ce_value(4, 10, 1.0, 1.0) == math.log(4)
+    True
+    """
     sw, sh = penalty_ce_scales(K, n, lam_W, lam_H)
     t = sw * sh
     return math.log1p((K - 1) * math.exp(-t * K / (K - 1.0))) + K * t * math.sqrt(
@@ -116,6 +154,13 @@ def tight_frame(K: int, r: int) -> np.ndarray:
 
     ``r == K``: the identity.  Otherwise the real harmonic frame (a constant row when r is
     odd, then cosine/sine pairs of frequencies 1, 2, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> U = tight_frame(5, 3)
+    >>> bool(np.allclose(U @ U.T, 5 / 3 * np.eye(3))), bool(np.allclose((U**2).sum(0), 1))
+    (True, True)
     """
     if r == K:
         return np.eye(K)
@@ -130,7 +175,15 @@ def tight_frame(K: int, r: int) -> np.ndarray:
 
 
 def closed_form_kind(prob: GUFM) -> tuple[str | None, str]:
-    """Which closed form applies: ``("ce_etf" | "mse_frame" | "penalty_ce_etf" | None, why)``."""
+    """Which closed form applies: ``("ce_etf" | "mse_frame" | "penalty_ce_etf" | None, why)``.
+
+    Examples
+    --------
+    >>> closed_form_kind(GUFM(counts=[2, 2, 2], dim=4))
+    ('ce_etf', '')
+    >>> closed_form_kind(GUFM(counts=[2, 2, 2], dim=2))
+    (None, 'no simplex ETF fits: K - 1 = 2 > feature dimension 1')
+    """
     if not prob.is_balanced:
         return None, "classes are not balanced (or labels are soft)"
     K = prob.K
@@ -150,7 +203,13 @@ def closed_form_kind(prob: GUFM) -> tuple[str | None, str]:
 
 
 def closed_form_value(prob: GUFM) -> float:
-    """Closed-form optimal value, or ``ValueError`` when none applies."""
+    """Closed-form optimal value, or ``ValueError`` when none applies.
+
+    Examples
+    --------
+    >>> round(closed_form_value(GUFM(counts=[5] * 4, dim=8, loss="mse", lam_W=0.01)), 8)
+    0.00248756
+    """
     kind, why = closed_form_kind(prob)
     if kind == "ce_etf":
         return ce_etf_value(prob.K, prob.rho, prob.lam_W)
@@ -167,6 +226,12 @@ def solve_closed_form(prob: GUFM, *, rtol: float = RTOL, atol: float = ATOL) -> 
     ``value`` is the objective at the constructed point (not the formula), so tests can compare
     it with :func:`closed_form_value`.  ``lower_bound`` is the dual certificate's; when the
     relaxation is not tight (MSE with K > m) the closed form is still optimal but not certified.
+
+    Examples
+    --------
+    >>> res = solve_closed_form(GUFM(counts=[5] * 4, dim=8, lam_W=0.01))
+    >>> res.certified, round(res.value, 7), round(res.info["formula_value"], 7)
+    (True, 0.0543647, 0.0543647)
     """
     t0 = time.perf_counter()
     kind, why = closed_form_kind(prob)
