@@ -57,6 +57,13 @@ class Groups:
         Group index of every sample (in the order the samples were given); ``None`` when the
         samples are ordered group by group (a ``counts=`` build), so that the build stays
         O(K) in memory however large N is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = groups_from_counts(np.array([2, 1]))
+    >>> g.n_groups, g.counts.tolist(), g.sample_group.tolist()
+    (2, [2, 1], [0, 0, 1])
     """
 
     weights: np.ndarray
@@ -77,7 +84,15 @@ class Groups:
 
 
 def groups_from_counts(counts: np.ndarray) -> Groups:
-    """Groups for hard labels given as class counts; samples are ordered class by class."""
+    """Groups for hard labels given as class counts; samples are ordered class by class.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = groups_from_counts(np.array([3, 1]))
+    >>> g.weights.tolist(), g.targets.tolist()
+    ([0.75, 0.25], [[1.0, 0.0], [0.0, 1.0]])
+    """
     K = counts.shape[0]
     N = int(counts.sum())
     return Groups(
@@ -88,7 +103,15 @@ def groups_from_counts(counts: np.ndarray) -> Groups:
 
 
 def groups_from_soft_labels(Q: np.ndarray) -> Groups:
-    """Group samples by identical label distribution (rows of ``Q``, shape (N, K))."""
+    """Group samples by identical label distribution (rows of ``Q``, shape (N, K)).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = groups_from_soft_labels(np.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]]))
+    >>> g.counts.tolist(), g.targets.T.tolist(), g.sample_group.tolist()
+    ([2, 1], [[0.5, 0.5], [1.0, 0.0]], [0, 1, 0])
+    """
     uniq, inverse, counts = np.unique(Q, axis=0, return_inverse=True, return_counts=True)
     N = Q.shape[0]
     return Groups(
@@ -129,7 +152,16 @@ class GUFM:
     num_classes : int, optional
         K when ``labels`` are given and some top classes could be absent (they then raise).
 
-    Exactly one of ``counts``, ``labels`` and ``soft_labels`` must be given.
+    Exactly one of ``counts``, ``labels`` and ``soft_labels`` must be given.  The problem and
+    its conventions: docs/problem.md; the groups of the reduction: docs/reduction.md.
+
+    Examples
+    --------
+    >>> prob = GUFM(counts=[3, 2], dim=4, loss="mse", lam_W=0.1)
+    >>> prob.K, prob.N, prob.G, prob.m, prob.rho, prob.is_balanced
+    (2, 5, 2, 3, 2.0, False)
+    >>> GUFM(labels=[0, 2, 2, 1], dim=3).groups.counts.tolist()
+    [1, 1, 2]
     """
 
     counts: np.ndarray | None = None
