@@ -1,4 +1,4 @@
-r"""The baseline: gradient methods over all N features in the ambient dimension d.
+r"""The baseline: gradient methods over every sample's feature, in the ambient dimension d.
 
 This is how published UFM experiments solve the model (e.g. Zhu et al. 2021: gradient descent
 on ``W``, ``b`` and every sample's feature).  Features are parametrised as in a network's last

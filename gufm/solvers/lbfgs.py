@@ -43,6 +43,7 @@ def lbfgs(
     callback_every: int = 50,
     stall_window: int | None = None,
     stall_rtol: float = 0.0,
+    stall_atol: float = 0.0,
     fscale: float = 1.0,
 ) -> LBFGSResult:
     """Minimise ``fun`` (returning value and gradient) from ``x0``.
@@ -55,7 +56,7 @@ def lbfgs(
     called every ``callback_every`` iterations; returning True stops ("stopped by callback"),
     which the solvers use to stop as soon as the dual certificate holds.  With ``stall_window``
     set, it also stops ("stalled: ...") once ``stall_window`` iterations have lowered ``f`` by
-    at most ``stall_rtol * max(|f|, tiny)``: sublinear crawls towards a degenerate optimum
+    at most ``stall_rtol * |f| + stall_atol``: sublinear crawls towards a degenerate optimum
     (singular Hessian) would otherwise run to ``maxiter``.
 
     Examples
@@ -81,7 +82,7 @@ def lbfgs(
             break
         if stall_window:
             past.append(f)
-            if len(past) == past.maxlen and past[0] - f <= stall_rtol * max(abs(f), 1e-300):
+            if len(past) == past.maxlen and past[0] - f <= stall_rtol * abs(f) + stall_atol:
                 message = f"stalled: f decreased by <= {stall_rtol:g} |f| in {stall_window} iterations"
                 break
         gn = float(np.abs(g).max())

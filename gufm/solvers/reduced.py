@@ -32,7 +32,14 @@ from gufm.model.problem import GUFM
 from gufm.solvers.closed_form import etf_scales
 from gufm.solvers.finish import Budget, embed, finish
 from gufm.solvers.lbfgs import lbfgs
-from gufm.solvers.result import ATOL, RTOL, SolveResult, check_tolerances, is_certified
+from gufm.solvers.result import (
+    ATOL,
+    RTOL,
+    SolveResult,
+    check_tolerances,
+    is_certified,
+    loss_scale,
+)
 from gufm.solvers.symmetric import solve_symmetric
 
 
@@ -292,10 +299,14 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
     def out_of_time(x: np.ndarray, f: float) -> bool:
         return budget.expired()
 
+    # progress below the absolute tolerance floor cannot matter to the certificate
+    stall_atol = max(atol, ATOL) * loss_scale(prob)
+
     while True:
         res = lbfgs(param.fun, x, gtol=gtol, maxiter=maxiter, callback=out_of_time,
                     callback_every=1 if budget.max_seconds is not None else 50,
-                    stall_window=STALL_WINDOW, stall_rtol=STALL_FRACTION * rtol, fscale=0.0)
+                    stall_window=STALL_WINDOW, stall_rtol=STALL_FRACTION * rtol,
+                    stall_atol=stall_atol, fscale=0.0)
         nit += int(res.nit)
         x = res.x
         Wp, b, Hp = param.point(x)

@@ -33,7 +33,7 @@ from gufm.model.problem import GUFM
 from gufm.solvers.closed_form import etf_scales
 from gufm.solvers.finish import Budget
 from gufm.solvers.lbfgs import lbfgs
-from gufm.solvers.result import is_certified
+from gufm.solvers.result import ATOL, is_certified, loss_scale
 
 
 @dataclass
@@ -223,7 +223,8 @@ def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: i
     budget = Budget(None) if budget is None else budget
     res = lbfgs(par.fun, x0, gtol=gtol, maxiter=maxiter, callback=lambda x, f: budget.expired(),
                 callback_every=1 if budget.max_seconds is not None else 50,
-                stall_window=500, stall_rtol=rtol if rtol is not None else 1e-7)
+                stall_window=500, stall_rtol=rtol if rtol is not None else 1e-7,
+                stall_atol=max(atol, ATOL) * loss_scale(prob))
     x, newton = res.x, 0
     if rtol is not None and not budget.expired():
 
