@@ -7,12 +7,13 @@ import gufm
 from gufm.solvers.full_n import FullParametrisation
 from gufm.solvers.reduced import ReducedParametrisation
 
+# every feature model, with each loss and each kind of bias somewhere
 CASES = [
-    dict(loss="ce", features="layernorm"),
-    dict(loss="mse", features="sphere", lam_b=0.3),
-    dict(loss="ce", features="ball", lam_b=0.0),
-    dict(loss="mse", features="penalty", lam_H=0.05),
-    dict(loss="ce", features="penalty", lam_H=0.05, lam_b=0.1),
+    {"features": f, "loss": loss, **bias, **({"lam_H": 0.05} if f == "penalty" else {})}
+    for f, loss, bias in (
+        ("layernorm", "ce", {}), ("sphere", "mse", {"lam_b": 0.3}), ("ball", "ce", {"lam_b": 0.0}),
+        ("penalty", "mse", {}), ("penalty", "ce", {"lam_b": 0.1}),
+    )
 ]
 
 
