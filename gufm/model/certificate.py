@@ -24,7 +24,8 @@ By the Schur complement, :math:`S \succeq 0 \iff \operatorname{diag}(\mu) - Y^\t
 ``penalty`` we instead scale :math:`Y \to sY` with the largest :math:`s \le 1` that keeps the block
 PSD (for CE, :math:`sY` stays in the conjugate's domain by convexity of the simplex).
 
-The cost is one G x G symmetric eigenproblem.
+The cost is one G x G Cholesky factorisation when the point is optimal (an eigenproblem only
+when the Schur complement is indefinite; :mod:`gufm.model.psd`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import scipy.linalg
 from gufm.backend import Array, to_numpy
 from gufm.model.losses import conjugate, weighted_loss_grad
 from gufm.model.problem import GUFM
+from gufm.model.psd import psd_shift
 
 
 @dataclass
@@ -51,7 +53,9 @@ class Certificate:
     lambda_min : float
         Smallest eigenvalue of the Schur complement ``diag(mu) - YᵀY/(2 λ_W)`` *before* the
         feasibility correction.  Clearly negative means the stationary point is not a global
-        optimum of the relaxation (a saddle, or the rank constraint binds).
+        optimum of the relaxation (a saddle, or the rank constraint binds).  When one
+        Cholesky factorisation proves PSD (:func:`gufm.model.psd.psd_shift`) it is the proved
+        lower bound ``-shift`` (rounding level) and ``escape`` is None.
     shift : float
         Amount added to every ``mu_g`` (sphere models) or ``1 - s`` of the scaling (penalty).
     Y : ndarray (K, G)
@@ -121,13 +125,10 @@ def certify(prob: GUFM, Z: Array, b: Array | None = None) -> Certificate:
         return Certificate(lb, lmin, 1.0 - s, Ys, None, vec, reason)
 
     mu = block.diag
-    w, V = scipy.linalg.eigh(np.diag(mu) - YtY)
-    lmin, vec = float(w[0]), V[:, 0]
-    t = max(0.0, -lmin)
-    if t > 0:
-        # make the corrected matrix PSD with a margin that covers eigh's rounding error, which
-        # is relative to the matrix's own scale (an absolute margin would cost rho^2 G times it)
-        t += 1e-14 * float(np.abs(w).max())
+    # one Cholesky proves the shift in the common case; LOBPCG/eigh when S is indefinite
+    # (gufm.model.psd: the shift includes the factorisation's rounding bound)
+    ps = psd_shift(np.diag(mu) - YtY)
+    lmin, vec, t = ps.lambda_min, ps.vector, ps.shift
     mu = mu + t
     gstar = conjugate(prob.loss, Y, Q, p)
     if math.isinf(gstar):

@@ -54,7 +54,9 @@ def per_column_loss(loss: str, Z: Array, Q: Array) -> Array:
     array([0.313262, 0.693147])
     """
     if loss == "ce":
-        return logsumexp(Z, axis=0) - (Q * Z).sum(0)
+        # lse(z) - qᵀz = lse(z - qᵀz): shifting first keeps a tiny loss accurate (the own
+        # logit's term is exactly 1), where the difference of two large numbers would not be
+        return logsumexp(Z - (Q * Z).sum(0), axis=0)
     if loss == "mse":
         return 0.5 * ((Z - Q) ** 2).sum(0)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -72,6 +74,15 @@ def weighted_loss(loss: str, Z: Array, Q: Array, p: Array) -> Array:
     return (per_column_loss(loss, Z, Q) * p).sum()
 
 
+def _ce_residual(S: Array, Q: Array) -> Array:
+    """``S - Q`` for CE; for one-hot columns the own entry is minus the sum of the others
+    (``s_own - 1`` would lose all relative precision when the loss is tiny)."""
+    if bool(((Q == 0) | (Q == 1)).all()):
+        R = S * (1 - Q)
+        return R - Q * R.sum(0)
+    return S - Q
+
+
 def weighted_loss_grad(loss: str, Z: Array, Q: Array, p: Array) -> Array:
     r"""Gradient :math:`Y = \nabla g(Z)`: CE ``p_g (softmax(z_g) - q_g)``, MSE ``p_g (z_g - q_g)``.
 
@@ -83,7 +94,7 @@ def weighted_loss_grad(loss: str, Z: Array, Q: Array, p: Array) -> Array:
            [ 0.25, -0.25]])
     """
     if loss == "ce":
-        return (softmax(Z, axis=0) - Q) * p
+        return _ce_residual(softmax(Z, axis=0), Q) * p
     if loss == "mse":
         return (Z - Q) * p
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -103,10 +114,8 @@ def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array) -> tuple[Arr
     True
     """
     if loss == "ce":
-        lse = logsumexp(Z, axis=0)
-        val = ((lse - (Q * Z).sum(0)) * p).sum()
-        S = softmax(Z, axis=0)
-        return val, (S - Q) * p
+        val = (per_column_loss(loss, Z, Q) * p).sum()
+        return val, _ce_residual(softmax(Z, axis=0), Q) * p
     return weighted_loss(loss, Z, Q, p), weighted_loss_grad(loss, Z, Q, p)
 
 

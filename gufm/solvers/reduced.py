@@ -40,6 +40,7 @@ from gufm.solvers.result import (
     is_certified,
     loss_scale,
 )
+from gufm.solvers.riemannian import frame_start, supports, trust_region
 from gufm.solvers.symmetric import solve_symmetric
 
 
@@ -152,6 +153,8 @@ def initial_point(prob: GUFM, p: int, init: str, rng: np.random.Generator):
         sw, sh = etf_scales(prob)
         H = sh * M[:, prob.groups.targets.argmax(0)] if G != K else sh * M
         return sw * M.T, (np.zeros(K) if prob.has_bias else None), H
+    if init == "auto" and prob.hard_labels and prob.loss == "mse" and p >= K and supports(prob):
+        return frame_start(prob, p)  # the MSE closed form's orthogonal frame
     H = fm.on_boundary(rng.standard_normal((p, G)), prob.rho)
     W = rng.standard_normal((K, p)) / math.sqrt(p)
     return W, (np.zeros(K) if prob.has_bias else None), H
@@ -303,10 +306,15 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
     stall_atol = max(atol, ATOL) * loss_scale(prob)
 
     while True:
-        res = lbfgs(param.fun, x, gtol=gtol, maxiter=maxiter, callback=out_of_time,
-                    callback_every=1 if budget.max_seconds is not None else 50,
-                    stall_window=STALL_WINDOW, stall_rtol=STALL_FRACTION * rtol,
-                    stall_atol=stall_atol, fscale=0.0)
+        if supports(prob):  # second order: Riemannian trust regions (gufm.solvers.riemannian)
+            res = trust_region(prob, param.p, x, gtol=gtol, maxiter=maxiter, device=device,
+                               callback=out_of_time, stall_rtol=STALL_FRACTION * rtol)
+        else:
+            res = lbfgs(param.fun, x, gtol=gtol, maxiter=maxiter, callback=out_of_time,
+                        callback_every=1 if budget.max_seconds is not None else 50,
+                        stall_window=STALL_WINDOW, stall_rtol=STALL_FRACTION * rtol,
+                        stall_atol=stall_atol,
+                        fscale=0.0)
         nit += int(res.nit)
         x = res.x
         Wp, b, Hp = param.point(x)

@@ -1,0 +1,531 @@
+r"""Riemannian trust-region Newton solver for the reduced GUFM (second order, float64).
+
+The reduced problem (see docs/reduction.md) in working dimension ``p`` has the variables
+:math:`W \in R^{K\times p}`, an optional bias :math:`b \in R^K` and one feature per group.
+For sphere-type features (``layernorm`` in Helmert coordinates, ``sphere``) the features are
+:math:`h_g = \rho u_g` with :math:`u_g` on the unit sphere :math:`S^{p-1}`; for ``penalty`` they
+are free.  With :math:`Z = W H + b\mathbf 1^\top` and :math:`Y = \nabla g(Z)`
+(see docs/problem.md) the Euclidean gradient is
+
+.. math::
+
+    \nabla_W F = Y H^\top + \lambda_W W, \quad \nabla_b F = Y\mathbf 1 + \lambda_b b, \quad
+    \nabla_H F = W^\top Y \;[+\, \lambda_H H \operatorname{diag}(n)],
+
+and the Hessian applied to a direction :math:`(\dot W, \dot b, \dot H)` is, with
+:math:`\dot Z = \dot W H + W\dot H + \dot b\mathbf 1^\top` and the loss curvature
+:math:`\dot Y = \nabla^2 g(Z)[\dot Z]` (CE: :math:`p_g(\operatorname{diag}(s_g) - s_g s_g^\top)\dot z_g`,
+MSE: :math:`p_g \dot z_g`),
+
+.. math::
+
+    \dot W \mapsto \dot Y H^\top + Y\dot H^\top + \lambda_W \dot W,\quad
+    \dot b \mapsto \dot Y\mathbf 1 + \lambda_b \dot b,\quad
+    \dot H \mapsto \dot W^\top Y + W^\top \dot Y\;[+\, \lambda_H \dot H\operatorname{diag}(n)].
+
+On the sphere the Riemannian gradient and Hessian are the tangent projections
+:math:`P_u(v) = v - u\,u^\top v` of these with the Weingarten term
+:math:`-(u_g^\top \nabla_{u_g} F)\,\dot u_g` (Absil, Mahony & Sepulchre 2008, section 5.5).
+Every product is a dense matrix product, so the same code runs on numpy and on torch tensors
+(any device).  The optimiser is the Riemannian trust region of Absil, Baker & Gallivan (2007)
+with the Steihaug-Toint truncated conjugate gradient, preconditioned by the diagonal of the
+Hessian (the W block and the feature block differ in scale by orders of magnitude; see
+docs/certificate.md for why the certificate needs stationarity to ~1e-11).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gufm.backend import Array, is_torch, softmax
+from gufm.model.losses import weighted_loss_and_grad
+from gufm.model.objective import column_data
+from gufm.model.problem import GUFM
+
+
+def supports(prob: GUFM) -> bool:
+    """True for the feature models :func:`trust_region` handles: radial equality constraints
+    (``layernorm``, ``sphere``) and penalised free features (``penalty``); the ``ball``
+    (an inequality) stays with L-BFGS.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> supports(GUFM(counts=[2, 3], dim=3)), supports(GUFM(counts=[2, 3], dim=3, features="ball"))
+    (True, False)
+    """
+    fm = prob.feature_model
+    return bool((fm.radial and fm.equality) or fm.penalised)
+
+
+def frame_start(prob: GUFM, p: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    r"""Warm start for MSE with hard labels and ``p >= K``: the closed form's orthogonal frame.
+
+    Features :math:`H = \rho [I_K; 0]` (orthogonal, the balanced MSE optimum for
+    :math:`m \ge K`, see docs/closed_forms.md) and the exact minimiser over ``W`` for them,
+    the ridge regression :math:`W = Q P H^\top (H P H^\top + \lambda_W I)^{-1}`
+    (:math:`P = \operatorname{diag}(p_g)`), which is :math:`w_k = \rho p_k/(\rho^2 p_k +
+    \lambda_W)\, e_k`.  For imbalanced counts this point is already stationary; the
+    certificate decides whether it is optimal.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> W, b, H = frame_start(GUFM(counts=[1, 3], dim=3, loss="mse", features="sphere",
+    ...                            lam_W=0.5), 2)
+    >>> W.round(4).tolist(), b, H.round(4).tolist()
+    ([[0.3464, 0.0], [0.0, 0.4724]], None, [[1.7321, 0.0], [0.0, 1.7321]])
+    """
+    K = prob.K
+    if p < K:
+        raise ValueError(f"frame_start needs p >= K = {K}, got p = {p}")
+    if not prob.hard_labels:
+        raise ValueError("frame_start needs hard labels")
+    rho = prob.rho if prob.feature_model.radial else 1.0  # penalty: unit features to start
+    H = rho * np.eye(p, K)
+    pk = prob.groups.weights
+    W = np.zeros((K, p))
+    W[np.arange(K), np.arange(K)] = rho * pk / (rho**2 * pk + prob.lam_W)
+    return W, (np.zeros(K) if prob.has_bias else None), H
+
+
+@dataclass
+class TrustRegionResult:
+    """Outcome of :func:`trust_region`.
+
+    Attributes
+    ----------
+    x : ndarray
+        Final point in the flat layout ``[W.ravel(), b, H.ravel()]`` (features on the sphere
+        for sphere-type models).
+    fun : float
+        Objective value at ``x``.
+    grad_norm : float
+        Sup-norm of the Riemannian gradient at ``x``.
+    nit : int
+        Outer (trust-region) iterations.
+    nhess : int
+        Hessian-vector products (inner conjugate-gradient iterations).
+    message : str
+        Why it stopped.
+    """
+
+    x: np.ndarray
+    fun: float
+    grad_norm: float
+    nit: int
+    nhess: int
+    message: str
+
+
+class ReducedManifold:
+    """The reduced GUFM on ``R^{K x p} x [R^K] x (S^{p-1})^G`` (or free features for penalty).
+
+    Points and tangent vectors are lists ``[W, b, H]`` (``b`` omitted without bias) of numpy
+    arrays or torch tensors (float64); the flat layout is the one of
+    :class:`gufm.solvers.reduced` (``[W.ravel(), b, H.ravel()]``).
+
+    Parameters
+    ----------
+    prob : GUFM
+        A feature model that :func:`supports` accepts.
+    p : int
+        Working dimension.
+    device : str, optional
+        ``None``: numpy; else a torch device string (float64 tensors on it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> man = ReducedManifold(GUFM(counts=[3, 4, 5], dim=4), p=3)
+    >>> x = man.random_point(np.random.default_rng(0))
+    >>> f, g, cache = man.cost_grad(x)
+    >>> v = man.proj(x, [np.ones((3, 3)), np.ones((3, 3))])
+    >>> bool(abs(man.inner(v, man.hess(x, cache, v)) - man.inner(man.hess(x, cache, v), v)) < 1e-12)
+    True
+    """
+
+    def __init__(self, prob: GUFM, p: int, device: str | None = None) -> None:
+        if not supports(prob):
+            raise ValueError(
+                f"the trust-region solver handles sphere-type and penalty features, not "
+                f"features={prob.features!r}"
+            )
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 1 <= p <= prob.dim:
+            raise ValueError(f"p must be an integer in [1, dim] = [1, {prob.dim}], got {p!r}")
+        self.prob, self.p, self.device = prob, int(p), device
+        self.K, self.G = prob.K, prob.G
+        self.sphere = bool(prob.feature_model.radial)
+        self.rho = prob.rho if self.sphere else 1.0
+        Q, w, n = column_data(prob, prob.G, "groups")
+        self.Q, self.w, self.n = (self._arr(a) for a in (Q, w, n))
+        self.shapes = [(self.K, self.p)] + ([(self.K,)] if prob.has_bias else []) + [
+            (self.p, self.G)]
+
+    # ----------------------------------------------------------------- conversions
+    def _arr(self, a: Any) -> Array:
+        if self.device is None:
+            return np.asarray(a, dtype=float)
+        import torch
+
+        return torch.as_tensor(np.asarray(a), dtype=torch.float64, device=self.device)
+
+    def from_flat(self, x: np.ndarray) -> list[Array]:
+        """Split a flat vector into ``[W, (b), H]`` and put the features on the sphere."""
+        x = np.asarray(x, dtype=float)
+        out, i = [], 0
+        for shp in self.shapes:
+            size = int(np.prod(shp))
+            out.append(self._arr(x[i:i + size].reshape(shp)))
+            i += size
+        if i != x.size:
+            raise ValueError(f"x must have {i} entries for this problem, got {x.size}")
+        if self.sphere:
+            H = out[-1]
+            out[-1] = H / (H**2).sum(0) ** 0.5
+        return out
+
+    def to_flat(self, x: list[Array]) -> np.ndarray:
+        """Flat numpy vector ``[W.ravel(), b, H.ravel()]`` with ``H = rho U``."""
+        parts = list(x[:-1]) + [self.rho * x[-1]]
+        if self.device is None:
+            return np.concatenate([np.asarray(a).ravel() for a in parts])
+        return np.concatenate([a.detach().cpu().numpy().ravel() for a in parts])
+
+    def random_point(self, rng: np.random.Generator) -> list[Array]:
+        """A random point (Gaussian ``W``, zero bias, uniform features)."""
+        W = rng.standard_normal((self.K, self.p)) / math.sqrt(self.p)
+        H = rng.standard_normal((self.p, self.G))
+        b = [np.zeros(self.K)] if self.prob.has_bias else []
+        return self.from_flat(np.concatenate([W.ravel(), *b, H.ravel()]))
+
+    # ----------------------------------------------------------------- geometry
+    @staticmethod
+    def inner(a: list[Array], b: list[Array]) -> float:
+        """Euclidean inner product of two tangent vectors."""
+        return float(sum((u * v).sum() for u, v in zip(a, b, strict=True)))
+
+    @staticmethod
+    def lin(a: list[Array], s: float, b: list[Array]) -> list[Array]:
+        """``a + s b``."""
+        return [u + s * v for u, v in zip(a, b, strict=True)]
+
+    def proj(self, x: list[Array], v: list[Array]) -> list[Array]:
+        """Tangent projection ``v_H - u (uᵀ v_H)`` of the feature block (identity elsewhere)."""
+        if not self.sphere:
+            return list(v)
+        U = x[-1]
+        return list(v[:-1]) + [v[-1] - U * (U * v[-1]).sum(0)]
+
+    def retract(self, x: list[Array], v: list[Array]) -> list[Array]:
+        """``x + v`` followed by normalising every feature (the sphere's metric projection)."""
+        y = self.lin(x, 1.0, v)
+        if self.sphere:
+            y[-1] = y[-1] / (y[-1] ** 2).sum(0) ** 0.5
+        return y
+
+    # ----------------------------------------------------------------- calculus
+    def _split(self, x: list[Array]) -> tuple[Array, Array | None, Array]:
+        W, H = x[0], self.rho * x[-1]
+        b = x[1] if self.prob.has_bias else None
+        return W, b, H
+
+    def cost_grad(self, x: list[Array]) -> tuple[float, list[Array], dict[str, Array]]:
+        """Value, Riemannian gradient and the cache :meth:`hess` needs."""
+        prob = self.prob
+        W, b, H = self._split(x)
+        Z = W @ H
+        if b is not None:
+            Z = Z + b[:, None]
+        val, Y = weighted_loss_and_grad(prob.loss, Z, self.Q, self.w)
+        val = val + 0.5 * prob.lam_W * (W**2).sum()
+        gW = Y @ H.T + prob.lam_W * W
+        gH = W.T @ Y
+        g = [gW]
+        if b is not None:
+            val = val + 0.5 * prob.lam_b * (b**2).sum()
+            g.append(Y.sum(1) + prob.lam_b * b)
+        if self.sphere:
+            gU = self.rho * gH
+            c = (x[-1] * gU).sum(0)  # u_gᵀ ∇_u F: the Weingarten coefficient
+            g.append(gU - x[-1] * c)
+        else:
+            val = val + 0.5 * prob.lam_H * ((H**2).sum(0) * self.n).sum()
+            c = None
+            g.append(gH + prob.lam_H * H * self.n)
+        S = softmax(Z, axis=0) if prob.loss == "ce" else None
+        return float(val), g, {"Y": Y, "S": S, "c": c}
+
+    def _dY(self, cache: dict[str, Array], dZ: Array) -> Array:
+        """Loss curvature ``∇²g(Z)[dZ]`` (see the module docstring)."""
+        S = cache["S"]
+        if S is None:
+            return dZ * self.w
+        SdZ = S * dZ
+        return (SdZ - S * SdZ.sum(0)) * self.w
+
+    def hess(self, x: list[Array], cache: dict[str, Array], v: list[Array]) -> list[Array]:
+        """Riemannian Hessian applied to the tangent vector ``v``."""
+        prob = self.prob
+        W, b, H = self._split(x)
+        dW, dH = v[0], self.rho * v[-1]
+        db = v[1] if b is not None else None
+        dZ = dW @ H + W @ dH
+        if db is not None:
+            dZ = dZ + db[:, None]
+        dY = self._dY(cache, dZ)
+        Y = cache["Y"]
+        out = [dY @ H.T + Y @ dH.T + prob.lam_W * dW]
+        if db is not None:
+            out.append(dY.sum(1) + prob.lam_b * db)
+        hH = dW.T @ Y + W.T @ dY
+        if self.sphere:
+            U = x[-1]
+            hU = self.rho * hH
+            out.append(hU - U * (U * hU).sum(0) - v[-1] * cache["c"])
+        else:
+            out.append(hH + prob.lam_H * v[-1] * self.n)
+        return out
+
+    def hess_diag(self, x: list[Array], cache: dict[str, Array], floor: float) -> list[Array]:
+        """Diagonal of the Hessian (in the ambient coordinates), clipped below at ``floor``.
+
+        ``W``: :math:`\\lambda_W + \\sum_g J_{g,kk} h_{gj}^2`; ``H``:
+        :math:`\\sum_{k,l} W_{kj} J_{g,kl} W_{lj}` (times :math:`\\rho^2`, minus the Weingarten
+        coefficient); ``J_g`` the loss Hessian of column ``g``.  Used as a preconditioner.
+        """
+        prob = self.prob
+        W, b, H = self._split(x)
+        S, w = cache["S"], self.w
+        if S is None:
+            Jd = w + 0 * cache["Y"]
+            dW = prob.lam_W + Jd @ (H * H).T
+            dH = (W * W).T @ Jd
+        else:
+            SW = S * w
+            Jd = SW * (1 - S)
+            dW = prob.lam_W + Jd @ (H * H).T
+            dH = (W * W).T @ SW - (W.T @ S) ** 2 * w
+        out = [dW]
+        if b is not None:
+            out.append(Jd.sum(1) + prob.lam_b)
+        if self.sphere:
+            out.append(self.rho**2 * dH - cache["c"])
+        else:
+            out.append(dH + prob.lam_H * self.n)
+        return [d.clip(floor, None) if not is_torch(d) else d.clamp(min=floor) for d in out]
+
+
+def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: list[Array],
+         Pinv: list[Array], delta: float, maxinner: int, kappa: float, theta: float,
+         shift: float) -> tuple[list[Array], list[Array], int, str]:
+    """Steihaug-Toint truncated CG for ``min <g,e> + <e,(H + shift P)e>/2``, ``||e||_P <= delta``.
+
+    ``Pinv`` is the inverse diagonal preconditioner ``P^-1``; the trust region is measured in
+    the norm ``||e||_P^2 = <e, P e>``.  Returns ``(eta, (H + shift P) eta, iterations, why)``.
+    """
+    inner = man.inner
+    eta = [0 * g for g in grad]
+    Heta = [0 * g for g in grad]
+    r = grad
+    z = man.proj(x, [ri * pi for ri, pi in zip(r, Pinv, strict=True)])
+    r_z = inner(r, z)
+    d = [-zi for zi in z]
+    e_Pe, e_Pd, d_Pd = 0.0, 0.0, r_z
+    r0 = math.sqrt(inner(r, r))
+    why = "maximum inner iterations"
+    j = 0
+    for j in range(1, maxinner + 1):  # noqa: B007 - returned
+        Hd = man.lin(man.hess(x, cache, d), shift, [di / pi for di, pi in zip(d, Pinv, strict=True)])
+        dHd = inner(d, Hd)
+        alpha = r_z / dHd if dHd > 0 else math.inf
+        e_Pe_new = e_Pe + 2 * alpha * e_Pd + alpha**2 * d_Pd
+        if dHd <= 0 or e_Pe_new >= delta**2:
+            tau = (-e_Pd + math.sqrt(max(e_Pd**2 + d_Pd * (delta**2 - e_Pe), 0.0))) / d_Pd
+            eta = man.lin(eta, tau, d)
+            Heta = man.lin(Heta, tau, Hd)
+            why = "negative curvature" if dHd <= 0 else "trust-region boundary"
+            break
+        e_Pe = e_Pe_new
+        eta = man.lin(eta, alpha, d)
+        Heta = man.lin(Heta, alpha, Hd)
+        r = man.proj(x, man.lin(r, alpha, Hd))
+        rn = math.sqrt(inner(r, r))
+        if rn <= r0 * min(r0**theta, kappa):
+            why = "converged"
+            break
+        z = man.proj(x, [ri * pi for ri, pi in zip(r, Pinv, strict=True)])
+        r_z_old, r_z = r_z, inner(r, z)
+        beta = r_z / r_z_old
+        d = man.lin([-zi for zi in z], beta, d)
+        e_Pd = beta * (e_Pd + alpha * d_Pd)
+        d_Pd = r_z + beta**2 * d_Pd
+    return eta, Heta, j, why
+
+
+def _sup(v: list[Array]) -> float:
+    return max(float(abs(a).max()) for a in v)
+
+
+def trust_region(
+    prob: GUFM,
+    p: int,
+    x0: np.ndarray,
+    *,
+    gtol: float = 1e-11,
+    maxiter: int = 500,
+    maxinner: int | None = None,
+    device: str | None = None,
+    kappa: float = 0.1,
+    theta: float = 0.5,
+    precondition: bool = True,
+    delta0: float | None = None,
+    shift: float = 1e-10,
+    gshift: float = 30.0,
+    callback: Callable[[np.ndarray, float], bool] | None = None,
+    stall_window: int = 25,
+    stall_rtol: float = 1e-12,
+    verbose: bool = False,
+) -> TrustRegionResult:
+    """Minimise the reduced GUFM by Riemannian trust regions (Newton with truncated CG).
+
+    Parameters
+    ----------
+    prob : GUFM
+        Sphere-type (``layernorm``, ``sphere``) or ``penalty`` features; any bias.
+    p : int
+        Working dimension of ``W`` (K x p) and the features (p x G).
+    x0 : ndarray
+        Start in the flat layout ``[W.ravel(), b, H.ravel()]`` (features are normalised).
+    gtol : float
+        Stop when the sup-norm of the Riemannian gradient is ``<= gtol * max(1, |f|)`` (the
+        criterion of :func:`gufm.solvers.lbfgs.lbfgs`).
+    maxiter : int
+        Outer iterations.
+    maxinner : int, optional
+        CG iterations per outer iteration (default: the number of variables, at most 500).
+    device : str, optional
+        ``None``: numpy; a torch device string: float64 torch on that device.
+    kappa, theta : float
+        Inner stopping rule ``||r|| <= ||r0|| min(||r0||^theta, kappa)`` (theta = 1: locally
+        quadratic convergence; the default 0.5, superlinear, needed the fewest Hessian
+        products in benchmarks/bench_riemannian.py).
+    precondition : bool
+        Precondition the inner CG with the Hessian's diagonal (:meth:`ReducedManifold.hess_diag`).
+    delta0 : float, optional
+        Initial trust-region radius in units of the preconditioned gradient's length
+        ``||P^-1 g||_P`` at ``x0`` (default 4).
+    shift, gshift : float
+        Levenberg-Marquardt shift ``sigma P`` added to the Hessian in the inner CG, ``sigma =
+        shift + gshift ||P^-1 g||_P / ||x||_P`` (``P`` the preconditioner; see the comment in
+        the code: the rotation gauge).
+    callback : callable, optional
+        ``callback(x, f)`` before every outer iteration (``x`` the point as ``[W, (b), U]``);
+        returning True stops ("stopped by callback"), e.g. on a time budget.
+    stall_window, stall_rtol : int, float
+        Stop ("stalled") when ``stall_window`` outer iterations lower ``f`` by at most
+        ``stall_rtol * max(1, |f|)`` (degenerate optima converge sublinearly).
+    verbose : bool
+        Print one line per outer iteration.
+
+    Returns
+    -------
+    TrustRegionResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> from gufm.solvers.closed_form import ce_etf_value
+    >>> prob = GUFM(counts=[5, 5, 5, 5], dim=5, lam_W=5e-3)
+    >>> man = ReducedManifold(prob, 4)
+    >>> x0 = man.to_flat(man.random_point(np.random.default_rng(1)))
+    >>> res = trust_region(prob, 4, x0)
+    >>> res.message, bool(abs(res.fun - ce_etf_value(4, prob.rho, 5e-3)) < 1e-10)
+    ('gradient tolerance reached', True)
+    """
+    man = ReducedManifold(prob, p, device)
+    x = man.from_flat(x0)
+    f, g, cache = man.cost_grad(x)
+    n_var = int(sum(np.prod(s) for s in man.shapes))
+    maxinner = min(n_var, 500) if maxinner is None else int(maxinner)
+    nhess = 0
+
+    def precond(x: list[Array], cache: dict[str, Array]) -> list[Array]:
+        if not precondition:
+            return [1.0 + 0 * a for a in x]
+        D = man.hess_diag(x, cache, floor=-math.inf)
+        out = []
+        for d in D:
+            # floor relative to the block's mean: near-zero or negative diagonal entries (the
+            # Weingarten term away from stationarity) must not blow the metric up
+            lo = max(1e-2 * float(abs(d).mean()), 1e-300)
+            out.append(1.0 / (d.clip(lo, None) if not is_torch(d) else d.clamp(min=lo)))
+        return out
+
+    Pinv = precond(x, cache)
+    delta_bar = math.inf
+    gPg0 = sum(float((a * a * pi).sum()) for a, pi in zip(g, Pinv, strict=True))
+    delta = 4.0 * math.sqrt(gPg0) if delta0 is None else float(delta0) * math.sqrt(gPg0)
+    message = "maximum iterations reached"
+    it = rejected = 0
+    f_hist = [f]
+    for it in range(1, maxiter + 1):  # noqa: B007 - reported
+        gn = _sup(g)
+        if gn <= gtol * max(1.0, abs(f)):
+            message = "gradient tolerance reached"
+            it -= 1
+            break
+        if callback is not None and callback(x, f):
+            message = "stopped by callback"
+            it -= 1
+            break
+        # Levenberg-Marquardt shift sigma P: the rotation gauge (W, H) -> (W R, Rᵀ H) makes the
+        # Hessian singular at critical points and indefinite along the gauge orbits elsewhere,
+        # with (preconditioned) Rayleigh quotients of the order of the relative Newton step
+        # ||P^-1 g||_P / ||x||_P; a shift proportional to it keeps the inner CG out of those
+        # directions and keeps local superlinear convergence
+        gPg = sum(float((a * a * pi).sum()) for a, pi in zip(g, Pinv, strict=True))
+        xPx = sum(float((a * a / pi).sum()) for a, pi in zip(x, Pinv, strict=True))
+        sigma = shift + gshift * math.sqrt(gPg / max(xPx, 1e-300))
+        eta, Heta, nin, why = _tcg(man, x, cache, g, Pinv, delta, maxinner, kappa, theta, sigma)
+        nhess += nin
+        xn = man.retract(x, eta)
+        fn, gn_vec, cache_n = man.cost_grad(xn)
+        model = -(man.inner(g, eta) + 0.5 * man.inner(eta, Heta))
+        reg = max(1.0, abs(f)) * 1e-14
+        ratio = (f - fn + reg) / (model + reg) if model + reg > 0 else -math.inf
+        # at the rounding level of f the ratio is noise: accept a step that shrinks the gradient
+        tiny = abs(f - fn) <= 1e-14 * max(1.0, abs(f))
+        accept = ratio > 0.1 or (tiny and _sup(gn_vec) < gn)
+        enorm = math.sqrt(max(sum(float((e * e / pi).sum()) for e, pi in
+                                  zip(eta, Pinv, strict=True)), 0.0))
+        if ratio < 0.25 and not (tiny and accept):
+            delta = 0.25 * min(delta, enorm) if enorm > 0 else 0.25 * delta
+        elif ratio > 0.75 and why in ("trust-region boundary", "negative curvature"):
+            delta = min(2 * delta, delta_bar)
+        if verbose:
+            print(f"  it {it:3d} f {f:.16g} |g| {gn:.2e} delta {delta:.2e} inner {nin:4d} ({why})"
+                  f" ratio {ratio:.4f} accept {accept}")
+        if accept:
+            x, f, g, cache = xn, fn, gn_vec, cache_n
+            Pinv = precond(x, cache)
+            rejected = 0
+            f_hist.append(f)
+            if len(f_hist) > stall_window and (
+                    f_hist[-stall_window - 1] - f <= stall_rtol * max(1.0, abs(f))):
+                message = "stalled"
+                break
+        else:
+            rejected += 1
+        near = gn <= 1e3 * gtol * max(1.0, abs(f))  # rejections there are rounding noise
+        if rejected >= (3 if near else 40) or delta < 1e-30:
+            message = "no further decrease at float64 precision"
+            break
+    return TrustRegionResult(man.to_flat(x), float(f), _sup(g), it, nhess, message)
