@@ -107,6 +107,11 @@ def add_parsers(subparsers: Any) -> None:
                         "(needs the [distributed] extra; default: run locally)")
     s.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     s.add_argument("--threads", type=int, default=1, help="torch and BLAS threads per run")
+    s.add_argument("--continuation", action="store_true",
+                   help="chain the depths of each row and seed: every depth records the fresh "
+                        "run, the split-only network (the previous depth's best, its blocks "
+                        "split) and the continued run; the row's value is the lowest of the "
+                        "three (gufm.deep.pipeline.continuation_chain)")
     s.add_argument("--vectorize-seeds", choices=["auto", "on", "off"], default="auto",
                    help="train the seeds of one configuration as one vectorised model; auto: on "
                         "with --device cuda")
@@ -133,6 +138,8 @@ def build_specs(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]
         A setting :func:`expand_grid` rejects (e.g. ``--width 1``).
     """
     options: dict[str, Any] = {}
+    if args.continuation:
+        options["continuation"] = True
     if args.polish_steps is not None:
         options["polish_steps"] = args.polish_steps
     if args.batch_size is not None:

@@ -69,6 +69,7 @@ def train_and_compare(arch: str, depth: int, width: int, dataset: Any, n_per_cla
     t0 = time.perf_counter()
     init_from = kw.pop("init_from", None)
     save = kw.pop("save", None)
+    kw.pop("continuation", None)  # a sweep option: one depth alone is a fresh run
     data_kw = {k: kw.pop(k) for k in DATA_OPTIONS if k in kw}
     model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}
     ds = _dataset(dataset, n_per_class, data_kw)
@@ -208,6 +209,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
                        loss: str = "ce", device: str = "cpu", *, lam_rule: str = "const",
                        continue_epochs: int | None = None, fresh: bool = True,
                        fresh_max_depth: int | None = None, continue_lr: float | None = None,
+                       lams: dict[int, float] | None = None,
                        **kw: Any) -> list[dict[str, Any]]:
     r"""Depth continuation along one row: at every depth the fresh, split-only and continued
     networks, and the row's upper bound (the lowest of the three).
@@ -237,6 +239,8 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     fresh : bool
     fresh_max_depth : int, optional
     continue_lr : float, optional
+    lams : dict of int to float, optional
+        The :math:`\lambda` of each depth (overrides ``lam`` and ``lam_rule``).
 
     Returns
     -------
@@ -268,6 +272,8 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     prev: nn.Module | None = None
     for i, L in enumerate(depths):
         lam_L = float(lam) / L if lam_rule == "inverse-depth" else float(lam)
+        if lams is not None:
+            lam_L = float(lams[L])
         here: list[tuple[dict[str, Any], nn.Module]] = []
         t0 = time.perf_counter()
         if i == 0 or (fresh and (fresh_max_depth is None or L <= fresh_max_depth)):
@@ -295,6 +301,97 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
         trained = [(o["e2e_objective"], m) for k, o, m in here if k != "split"]
         prev = min(trained, key=lambda t: t[0])[1]
     return rows
+
+
+def chain_sweep_metrics(kwargs_list: Sequence[dict[str, Any]], device: str = "cpu"
+                        ) -> list[dict[str, Any]]:
+    r"""The runs of one sweep row and seed at several depths, by :func:`continuation_chain`.
+
+    Parameters
+    ----------
+    kwargs_list : sequence of dict
+        :func:`train_and_compare` keyword arguments that differ only in ``depth`` and ``lam``
+        (a sweep's specs of one row and seed); a ``continuation`` key is ignored.
+    device : str
+
+    Returns
+    -------
+    list of dict
+        For each entry, in order: the metrics of the depth's **best** network (the lowest e2e
+        objective among fresh, split and continued: the row's upper bound), plus
+        ``{kind}_e2e_objective``, ``{kind}_gap`` and ``{kind}_converged`` for each kind of
+        :data:`CHAIN_KINDS` (NaN where that run does not exist), ``best_kind`` (its index
+        in :data:`CHAIN_KINDS`), the L = 0 reference ``embedding_gap`` and
+        ``embedding_converged`` (:func:`embedding_only`, with the shallowest depth's
+        :math:`\lambda`), ``N`` and ``input_rank`` (:func:`input_rank`).
+
+    Examples
+    --------
+    >>> kw = dict(arch="rn1", width=8, dataset="digits", n_per_class=2, epochs=3, lam=0.01,
+    ...           lr=0.01, seed=0, polish_steps=3)
+    >>> out = chain_sweep_metrics([dict(kw, depth=2), dict(kw, depth=1)])
+    >>> out[0]["e2e_objective"] == min(out[0]["fresh_e2e_objective"],
+    ...                                out[0]["split_e2e_objective"],
+    ...                                out[0]["continued_e2e_objective"])
+    True
+    """
+    if not kwargs_list:
+        raise ValueError("kwargs_list must not be empty")
+    ref = {k: v for k, v in kwargs_list[0].items() if k not in ("depth", "lam", "continuation")}
+    lams = {}
+    for kw in kwargs_list:
+        other = {k: v for k, v in kw.items() if k not in ("depth", "lam", "continuation")}
+        if other != ref:
+            raise ValueError("a continuation chain needs runs that differ only in depth and lam")
+        lams[int(kw["depth"])] = float(kw["lam"])
+    args = dict(ref)
+    names = ("arch", "width", "dataset", "n_per_class", "epochs", "lr", "seed", "loss")
+    pos = {k: args.pop(k) for k in names if k in args}
+    rows = continuation_chain(pos["arch"], sorted(lams), pos["width"], pos["dataset"],
+                              pos.get("n_per_class"), pos["epochs"], min(lams.values()),
+                              pos["lr"], pos["seed"], pos.get("loss", "ce"), device,
+                              lams=lams, **args)
+    ds = _dataset(pos["dataset"], pos.get("n_per_class"),
+                  {k: args[k] for k in DATA_OPTIONS if k in args})
+    train_kw = {k: v for k, v in args.items() if k not in DATA_OPTIONS + MODEL_OPTIONS}
+    lam0 = lams[min(lams)]
+    ref = embedding_only(ds, pos["width"], lam=lam0, loss=pos.get("loss", "ce"), lr=pos["lr"],
+                         epochs=pos["epochs"], seed=pos["seed"], device=device, **train_kw)
+    n, rank = input_rank(ds)
+    out = []
+    for kw in kwargs_list:
+        here = [r for r in rows if r["depth"] == int(kw["depth"])]
+        best = next(r for r in here if r["best"])
+        m = {k: best[k] for k in TRAIN_AND_COMPARE_KEYS}
+        for kind in CHAIN_KINDS:
+            r = next((r for r in here if r["kind"] == kind), None)
+            for key in ("e2e_objective", "gap", "converged"):
+                m[f"{kind}_{key}"] = float("nan") if r is None else float(r[key])
+        m["best_kind"] = CHAIN_KINDS.index(best["kind"])
+        m.update(embedding_gap=ref["gap"], embedding_converged=float(ref["converged"]),
+                 N=float(n), input_rank=float(rank))
+        m["stop_reason"] = best["stop_reason"]
+        out.append(m)
+    return out
+
+
+def input_rank(dataset: Any) -> tuple[int, int]:
+    r"""``(N, rank of the N x D input matrix)``; the rank is ``-1`` for token inputs.
+
+    When :math:`N \le` the rank, the embedding alone can put every sample at its
+    GUFM-optimal feature: the gap is ~0 at every depth and the row says nothing about depth.
+
+    Examples
+    --------
+    >>> import torch
+    >>> input_rank((torch.eye(3), torch.tensor([0, 1, 2])))
+    (3, 3)
+    """
+    X = dataset.X if hasattr(dataset, "X") else dataset[0]
+    N = int(X.shape[0])
+    if not X.is_floating_point():
+        return N, -1
+    return N, int(torch.linalg.matrix_rank(X.reshape(N, -1).double()))
 
 
 def embedding_only(dataset: Any, width: int, *, lam: float, loss: str = "ce", lr: float = 5e-3,

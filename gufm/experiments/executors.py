@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from gufm._util import limit_threads
-from gufm.deep.pipeline import train_and_compare, train_and_compare_seeds
+from gufm.deep.pipeline import chain_sweep_metrics, train_and_compare, train_and_compare_seeds
 from gufm.experiments.spec import RunSpec
 
 RunFn = Callable[..., dict[str, Any]]
@@ -75,6 +75,12 @@ def execute_task(spec_dicts: Sequence[dict[str, Any]], run_fn: RunFn | None = No
     list of dict
         The metrics of each spec, in order.
     """
+    if _is_chain(spec_dicts[0]) and run_fn is None:
+        kws = [RunSpec.from_dict(d).kwargs() | ({"root": data_root} if data_root else {})
+               for d in spec_dicts]
+        with limit_threads(None if threads is None else int(threads)):
+            res = chain_sweep_metrics(kws, device=device)
+        return [{k: float(v) for k, v in r.items() if k != "stop_reason"} for r in res]
     if not (vectorize and len(spec_dicts) > 1):
         return [execute_run(d, run_fn, device, data_root, threads) for d in spec_dicts]
     specs = [RunSpec.from_dict(d) for d in spec_dicts]
@@ -87,16 +93,29 @@ def execute_task(spec_dicts: Sequence[dict[str, Any]], run_fn: RunFn | None = No
     return [{k: float(v) for k, v in r.items()} for r in res]
 
 
+def _is_chain(spec_dict: dict[str, Any]) -> bool:
+    return any(k == "continuation" and bool(v) for k, v in spec_dict.get("options", ()))
+
+
 def make_tasks(specs: Sequence[RunSpec], vectorize: bool) -> list[list[RunSpec]]:
-    """Group runs into tasks: one run each, or (``vectorize``) all seeds of one configuration."""
-    if not vectorize:
-        return [[sp] for sp in specs]
+    """Group runs into tasks: one run each, or (``vectorize``) all seeds of one configuration;
+    runs with the ``continuation`` option: all depths of one row and seed (one
+    :func:`gufm.deep.pipeline.continuation_chain`)."""
     groups: dict[str, list[RunSpec]] = {}
+    out: list[list[RunSpec]] = []
     for sp in specs:
-        key = json.dumps({k: v for k, v in sp.to_dict().items() if k != "seed"},
+        chain = _is_chain(sp.to_dict())
+        if not (vectorize or chain):
+            out.append([sp])
+            continue
+        drop = ("depth",) if chain else ("seed",)
+        key = json.dumps({k: v for k, v in sp.to_dict().items() if k not in drop},
                          sort_keys=True, default=str)
-        groups.setdefault(key, []).append(sp)
-    return list(groups.values())
+        if key not in groups:
+            groups[key] = []
+            out.append(groups[key])
+        groups[key].append(sp)
+    return out
 
 
 Outcome = tuple[RunSpec, "dict[str, float] | None", "BaseException | None"]

@@ -45,7 +45,8 @@ from gufm.experiments.figures import format_slope, plot_loglog, plot_nc
 from gufm.experiments.presets import SYNTHETIC_NOTE
 from gufm.experiments.table import load_table, wide_table
 
-__all__ = ["SlopeFit", "add_derived", "by_depth", "fit_loglog", "make_report", "slopes_table"]
+__all__ = ["SlopeFit", "add_derived", "by_depth", "fit_loglog", "make_report",
+           "sandwich_section", "slopes_table"]
 
 #: metrics whose depth slope goes into the slope table
 SLOPE_METRICS = ("gap", "head_gap", "nc1", "nc2", "nc3", "gufm_distance", "body_regularization",
@@ -142,6 +143,77 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
+    r"""Markdown of the sandwich :math:`F^\star_{\text{GUFM}} \le` best e2e network, per row
+    and depth, with the flags of docs/training.md (section 7).
+
+    Columns: seeds, certified GUFM optimum, best e2e objective (the lowest run; with
+    ``--continuation`` the lowest of fresh, split-only and continued), gap, head gap, body
+    regularisation and body regularisation :math:`\times L`, the local log-log slope of the
+    mean gap between consecutive depths, converged runs, and (continuation sweeps) the mean
+    gap of each kind.  Above each table the L = 0 reference (embedding only; measured by
+    continuation sweeps) and two flags: a row whose gap grows with depth (a positive local
+    slope at the deepest depths), and a row where the embedding alone reaches the GUFM
+    (:math:`N \le` the rank of the inputs, or an embedding-only gap below 1e-6).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> w = pd.DataFrame({"row": ["r"] * 2, "depth": [2, 4], "gap": [0.1, 0.2],
+    ...                   "gufm_optimum": [0.05] * 2, "e2e_objective": [0.15, 0.25]})
+    >>> any("FLAG" in line and "grows" in line for line in sandwich_section(w, ["r"]))
+    True
+    """
+    out = ["## The sandwich: certified GUFM optimum <= best network", ""]
+    kinds = [k for k in ("fresh", "split", "continued") if f"{k}_gap" in wide]
+    for r in rows:
+        g = wide[wide["row"] == r]
+        depths = sorted(int(d) for d in g["depth"].unique())
+
+        def mean(col: str, L: int, g: Any = g) -> float:
+            if col not in g:
+                return math.nan
+            v = g.loc[g["depth"] == L, col].to_numpy(dtype=float)
+            return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+
+        gaps = [mean("gap", L) for L in depths]
+        local = [math.log(b / a) / math.log(L2 / L1) if a > 0 and b > 0 else math.nan
+                 for (L1, a), (L2, b) in zip(zip(depths, gaps, strict=True),
+                                             list(zip(depths, gaps, strict=True))[1:],
+                                             strict=False)]
+        out += [f"### {r}", ""]
+        emb = mean("embedding_gap", depths[0]) if "embedding_gap" in g else math.nan
+        out.append("- L = 0 reference (embedding only): " + (
+            f"gap {emb:.4g}" if math.isfinite(emb)
+            else "not measured in this sweep (`gufm sweep --continuation` measures it)"))
+        n = mean("N", depths[0]) if "N" in g else math.nan
+        rank = mean("input_rank", depths[0]) if "input_rank" in g else math.nan
+        if (math.isfinite(n) and rank >= 0 and n <= rank) or (math.isfinite(emb) and emb < 1e-6):
+            out.append(f"- **FLAG: the embedding alone reaches the GUFM optimum** (N = {n:.0f}, "
+                       f"input rank {rank:.0f}, embedding-only gap {emb:.3g}): this row says "
+                       "nothing about depth.")
+        tail = [v for v in local[-2:] if math.isfinite(v)]
+        if tail and max(tail) > 0:
+            out.append("- **FLAG: the gap grows with depth** (local slopes at the deepest "
+                       "depths: " + ", ".join(f"{v:+.2f}" for v in tail) + "); not what the "
+                       "paper predicts: check `converged` before reading it as a finding.")
+        out.append("")
+        header = ["L", "seeds", "GUFM optimum", "best e2e", "gap", "head gap", "body reg",
+                  "body reg x L", "local slope", "converged"] + [f"{k} gap" for k in kinds]
+        table = []
+        for i, L in enumerate(depths):
+            gl = g[g["depth"] == L]
+            conv = (f"{int((gl['converged'] > 0).sum())}/{len(gl)}" if "converged" in gl
+                    else "n/a")
+            body = mean("body_regularization", L)
+            table.append([L, len(gl), mean("gufm_optimum", L), mean("e2e_objective", L),
+                          gaps[i], mean("head_gap", L), body, body * L,
+                          local[i - 1] if i else math.nan, conv]
+                         + [mean(f"{k}_gap", L) for k in kinds])
+        out += [_md_table(header, table), ""]
+    return out
 
 
 def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -259,6 +331,7 @@ def make_report(folder: str | os.PathLike, out: str | os.PathLike | None = None,
     if notes:
         lines += ["## Notes", ""] + [f"- **{r}**: {t}" for r, t in notes.items()] + [""]
     lines += ["## Headline", ""] + [f"- {h}" for h in headline] + [""]
+    lines += sandwich_section(wide, rows)
     lines += ["## Slopes against depth", "",
               "Least squares of log10(metric) on log10(L) over every run (all seeds); "
               "stderr = standard error of the slope; runs with a value <= 0 are dropped.", ""]

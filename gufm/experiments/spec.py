@@ -33,7 +33,8 @@ TABLE_COLUMNS = (*CONFIG_COLUMNS, "metric", "value")
 #: run id); ``device``, ``root``/``data_root`` and ``threads`` do not.
 RESULT_OPTIONS = ("polish_steps", "batch_size", "data_seed", "normalize", "ln_eps", "bias",
                   "patch_size", "mlp_hidden", "vocab_size", "seq_len", "num_classes", "schedule",
-                  "warmup", "final_lr", "polish", "polish_tol", "scale_invariant")
+                  "warmup", "final_lr", "polish", "polish_tol", "scale_invariant",
+                  "continuation")
 
 RunFn = Callable[..., dict[str, Any]]
 

@@ -107,3 +107,20 @@ def test_embedding_only_reference():
     out = embedding_only(ds, 8, lam=0.01, epochs=3, polish_steps=3)
     assert out["body_penalty"] >= 0 and out["gap"] >= -1e-12
     assert out["body_penalty"] <= 1e-11  # the frozen block costs nothing, E is shrunk
+
+
+def test_sweep_continuation_records_three_kinds_and_the_report_flags(tmp_path):
+    from gufm.experiments.report import make_report
+    from gufm.experiments.spec import expand_grid
+    from gufm.experiments.sweep import run_sweep
+
+    specs = expand_grid("rn1", [1, 2], [0], width=8, n_per_class=2, epochs=3,
+                        options={"continuation": True, "polish_steps": 3})
+    s = run_sweep(specs, tmp_path, progress=False)
+    assert s.ok and len(s.completed) == 2
+    rep = make_report(tmp_path)
+    text = rep["summary"].read_text()
+    assert "The sandwich" in text and "L = 0 reference (embedding only): gap" in text
+    # digits with 2 per class: N = 20 <= rank of the inputs, the embedding alone suffices
+    assert "FLAG: the embedding alone reaches the GUFM optimum" in text
+    assert "split gap" in text
