@@ -147,7 +147,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
     r"""Markdown of the sandwich :math:`F^\star_{\text{GUFM}} \le` best e2e network, per row
-    and depth, with the flags of docs/training.md (section 7).
+    and depth, with the flags of docs/training.md (section 6).
 
     Columns: seeds, certified GUFM optimum, best e2e objective (the lowest run; with
     ``--continuation`` the lowest of fresh, split-only and continued), gap, head gap, body
