@@ -184,11 +184,12 @@ class StatsEngine:
     def _init_state(self, like: torch.Tensor) -> None:
         if self.device is None:
             self.device = like.device
-        # pass 1 (elementwise work on every entry): cache-resident blocks on the CPU; pass 2
-        # (one product per block, then (block, K) work): large blocks, fewer calls
+        # pass 1 (elementwise work on every entry): cache-resident blocks on a one-thread CPU;
+        # pass 2 (one product per block, then (block, K) work) and several threads (each op a
+        # parallel region: few, large ones): large blocks
         cpu = self.device.type == "cpu"
         big = min(8192, max(256, 2**22 // self.d)) if cpu else max(2048, 2**25 // self.d)
-        small = max(64, 2**17 // self.d) if cpu else big
+        small = max(64, 2**17 // self.d) if cpu and torch.get_num_threads() == 1 else big
         self._bs1 = self.block_size or (small if self.passes == 2 else big)
         self._bs2 = self.block_size or big
         self.block_size = self.block_size or big
