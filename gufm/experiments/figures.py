@@ -150,9 +150,16 @@ def rows_title(rows: Sequence[str]) -> str:
     >>> rows_title(["L-RN1 / digits"])
     'L-RN1 / digits'
     >>> rows_title(["a", "b", "c", "d"])
-    '4 networks / data sets (one per row)'
+    'a, b, c, d'
     """
-    return ", ".join(rows) if len(rows) <= 2 else f"{len(rows)} networks / data sets (one per row)"
+    return ", ".join(rows)
+
+
+def suptitle(fig: Any, text: str, width_in: float) -> None:
+    """A figure title wrapped to the figure's width (``width_in`` inches at 11 pt)."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, max(40, int(width_in * 11))), fontsize=11)
 
 
 def format_slope(f: dict[str, Any] | None) -> str:
@@ -194,7 +201,8 @@ def plot_nc(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], path: Path) -
     """
     plt = pyplot()
     n = len(rows)
-    fig, axes = plt.subplots(n, 3, figsize=(11, 2.9 * n + 0.6), squeeze=False)
+    h = 3.1 * n + 0.8
+    fig, axes = plt.subplots(n, 3, figsize=(11, h), squeeze=False)
     for i, row in enumerate(rows):
         a = agg[agg["row"] == row]
         runs = wide[wide["row"] == row]
@@ -214,17 +222,16 @@ def plot_nc(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], path: Path) -
                 if mark_unconverged(ax, runs, m, False):
                     ax.legend(fontsize=7)
                 log_y(ax)
-                ax.set_title(f"{row}: {title}, {format_slope(fit)}", fontsize=9)
+                ax.set_title(f"{row}\n{title}: {format_slope(fit)}", fontsize=9)
             else:
-                ax.set_title(f"{row}: {title}, no data", fontsize=9)
+                ax.set_title(f"{row}\n{title}: no data", fontsize=9)
             depth_axis(ax, sorted(a["depth"].unique()))
             ax.set_ylabel(f"{title} (log scale)", fontsize=9)
             ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Neural collapse against depth: {rows_title(rows)} "
-                 "(mean ± std of log10 over seeds)", fontsize=11)
-    h = 2.9 * n + 0.6
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.6 / h, top=1 - 0.85 / h, wspace=0.36,
-                        hspace=0.6)
+    suptitle(fig, f"Neural collapse against depth: {rows_title(rows)} "
+             "(mean ± std of log10 over seeds)", 11)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.6 / h, top=1 - 1.1 / h, wspace=0.36,
+                        hspace=0.75)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -249,7 +256,7 @@ def plot_loglog(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], metrics: 
     plt = pyplot()
     metrics = [m for m in metrics if m in wide]
     k = max(1, len(metrics))
-    fig, axes = plt.subplots(1, k, figsize=(5.6 * k, 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, k, figsize=(max(7.0, 5.6 * k), 4.8), squeeze=False)
     for j, m in enumerate(metrics):
         ax = axes[0][j]
         marked = False
@@ -273,8 +280,8 @@ def plot_loglog(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], metrics: 
         ax.set_ylabel(f"{labels[j] if j < len(labels) else m} (log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: {rows_title(rows)}", fontsize=11)
-    fig.subplots_adjust(left=0.17 if k < 2 else 0.1, right=0.98, bottom=0.13, top=0.88,
+    suptitle(fig, f"{title}: {rows_title(rows)}", max(7.0, 5.6 * k))
+    fig.subplots_adjust(left=0.14 if k < 2 else 0.1, right=0.98, bottom=0.12, top=0.84,
                         wspace=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
