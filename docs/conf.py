@@ -21,11 +21,16 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+sys.path.insert(0, str(HERE / "_scripts"))
+
+from apigen import write_api  # noqa: E402
+
 import gufm  # noqa: E402
 
-# autosummary writes one stub per object into docs/generated/; start from nothing so that a
-# module that was moved or removed leaves no stale page behind
+# the API reference: one page per module in docs/generated/ (see _scripts/apigen.py), written
+# from nothing at every build so that a module that was moved or removed leaves no stale page
 shutil.rmtree(HERE / "generated", ignore_errors=True)
+write_api(HERE / "generated")
 
 # ------------------------------------------------------------------ the notebooks, as stored
 _NB_SRC = ROOT / "notebooks"
@@ -56,8 +61,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-templates_path = ["_templates"]
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_scripts", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
 
 # ------------------------------------------------------------------------- MyST / myst-nb
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
@@ -69,9 +73,7 @@ nb_merge_streams = True
 suppress_warnings = ["mystnb.unknown_mime_type"]
 
 # ------------------------------------------------------------------- autodoc / numpydoc
-autosummary_generate = True
-autosummary_ignore_module_all = True  # document what a module defines, not what it re-exports
-autosummary_imported_members = False
+autosummary_generate = False  # the pages are written by _scripts/apigen.py
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "none"  # numpydoc's Parameters sections state the types
 autodoc_mock_imports: list[str] = []
