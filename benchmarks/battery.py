@@ -128,7 +128,7 @@ def run(n: int, seed: int, max_K: int, restarts: int, max_seconds: float | None,
         "gufm_seconds": t_gufm, "independent_seconds": t_indep,
         "seconds": time.perf_counter() - t0,
         "machine": machine(),
-        "command": " ".join(sys.argv),
+        "command": " ".join(["python -m benchmarks.battery", *sys.argv[1:]]),
     }
 
 
