@@ -87,7 +87,7 @@ def add_parsers(subparsers: Any) -> None:
                         f"(default: {d['lam_rule']})")
     s.add_argument("--width", type=int, default=None,
                    help=f"feature dimension d (default: {d['width']}, or the preset's)")
-    s.add_argument("--n-per-class", type=count_or_all, default=None,
+    s.add_argument("--n-per-class", type=count_or_all, default=argparse.SUPPRESS,
                    help=f"training samples per class, or 'all' (default: {d['n_per_class']}, or "
                         "the preset's)")
     s.add_argument("--epochs", type=int, default=None,
@@ -147,7 +147,7 @@ def build_specs(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]
     given = {k: v for k, v in (("depths", args.depths), ("seeds", args.seeds),
                                ("width", args.width), ("epochs", args.epochs), ("lam", args.lam),
                                ("lr", args.lr), ("loss", args.loss)) if v is not None}
-    if args.n_per_class is not None:
+    if hasattr(args, "n_per_class"):  # given ('all' is None: the whole split)
         given["n_per_class"] = args.n_per_class
     if args.preset:
         if args.arch is not None or args.dataset is not None or args.lam_rule is not None:

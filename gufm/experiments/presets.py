@@ -49,10 +49,21 @@ class Preset:
     jobs: int = 1
 
     def specs(self, *, depths: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
-              width: int | None = None, n_per_class: int | None = None,
+              width: int | None = None, n_per_class: int | None | str = "preset",
               epochs: int | None = None, lam: float | None = None, lr: float | None = None,
               loss: str | None = None, options: dict[str, Any] | None = None) -> list[RunSpec]:
-        """The preset's runs; every argument given overrides the preset's value for all rows."""
+        """The preset's runs; every argument given overrides the preset's value for all rows
+        (``n_per_class=None`` means the whole split; leave it out to keep the preset's).
+
+        Examples
+        --------
+        >>> specs = PRESETS["quick"].specs(depths=[2], seeds=[0], n_per_class=None)
+        >>> [(s.arch, s.dataset, s.n_per_class) for s in specs]  # doctest: +NORMALIZE_WHITESPACE
+        [('rn1', 'digits', None), ('t11', 'fashion-mnist', None),
+         ('preln-t11', 'synthetic-tokens', None), ('rn2', 'digits', None)]
+        >>> len(PRESETS["quick"].specs())
+        28
+        """
         out: list[RunSpec] = []
         for r in self.rows:
             opts = dict(self.options) | dict(r.options) | dict(options or {})
@@ -61,7 +72,7 @@ class Preset:
                 seeds if seeds is not None else self.seeds, r.dataset,
                 lam=self.lam if lam is None else lam, lam_rule=r.lam_rule,
                 width=self.width if width is None else width,
-                n_per_class=self.n_per_class if n_per_class is None else n_per_class,
+                n_per_class=self.n_per_class if n_per_class == "preset" else n_per_class,
                 epochs=self.epochs if epochs is None else epochs,
                 lr=r.lr if lr is None else lr, loss=self.loss if loss is None else loss,
                 options=opts, row=default_row_name(r.arch, r.dataset, r.lam_rule))

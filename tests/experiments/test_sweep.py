@@ -238,3 +238,25 @@ def test_dask_cluster_matches_local_processes_and_in_process(tmp_path):
     pd.testing.assert_frame_equal(a.drop(columns="value"), b.drop(columns="value"))
     np.testing.assert_allclose(a["value"], b["value"], rtol=1e-9, atol=1e-12)
     assert set(a["metric"]) == set(TRAIN_AND_COMPARE_KEYS) - {"seconds"}
+
+
+def test_cli_settings_come_from_runspec_or_the_preset():
+    """`gufm sweep` restates no default: a grid gets RunSpec's, a preset its own, and a flag
+    given (even `--n-per-class all`) overrides both."""
+    from dataclasses import fields
+
+    from gufm.cli import build_parser
+    from gufm.cli.sweep import build_specs
+
+    def specs(*argv):
+        return build_specs(build_parser().parse_args(["sweep", *argv, "--out", "x"]))[0]
+
+    grid = specs("--arch", "rn1", "--depths", "2", "--seeds", "0")
+    ref = {f.name: f.default for f in fields(RunSpec) if f.name not in
+           ("arch", "dataset", "depth", "seed", "row", "options")}
+    assert {k: getattr(grid[0], k) for k in ref} == ref and grid[0].dataset == "digits"
+    quick = PRESETS["quick"]
+    pre = specs("--preset", "quick")
+    assert {s.n_per_class for s in pre} == {quick.n_per_class} and len(pre) == 28
+    assert {s.n_per_class for s in specs("--preset", "quick", "--n-per-class", "all")} == {None}
+    assert {s.width for s in specs("--preset", "quick", "--width", "8")} == {8}
