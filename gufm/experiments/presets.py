@@ -58,9 +58,8 @@ class Preset:
         Examples
         --------
         >>> specs = PRESETS["quick"].specs(depths=[2], seeds=[0], n_per_class=None)
-        >>> [(s.arch, s.dataset, s.n_per_class) for s in specs]  # doctest: +NORMALIZE_WHITESPACE
-        [('rn1', 'digits', None), ('t11', 'fashion-mnist', None),
-         ('preln-t11', 'synthetic-tokens', None), ('rn2', 'digits', None)]
+        >>> [s.arch for s in specs], {s.n_per_class for s in specs}
+        (['rn1', 't11', 'preln-t11', 'rn2'], {None})
         >>> len(PRESETS["quick"].specs())
         28
         """
