@@ -16,8 +16,8 @@ eigenvalue and eigenvector (the escape direction of the Burer-Monteiro lift).
   One factorisation (:math:`n^3/3` flops, ~10x cheaper than a full ``eigh``) gives a valid
   shift.  We try :math:`\tau = \gamma_{n+1}\operatorname{tr}^+(S)`, the rounding level.
 * **LOBPCG** (scipy) estimates :math:`\lambda_{\min}` and its eigenvector when the
-  factorisation fails; the shift :math:`-\lambda_{\min}` (plus margin) is then re-checked by
-  Cholesky.
+  factorisation fails; the shift :math:`-\lambda_{\min}` (plus a rounding margin) is then
+  re-checked by Cholesky.
 * The full ``eigh`` is the fallback when LOBPCG does not converge or its shift does not pass.
 """
 
@@ -179,9 +179,11 @@ def psd_shift(S: np.ndarray) -> PSDShift:
     found = lobpcg_min(S)
     if found is not None:
         lam, v, res = found
-        # an eigenvalue lies within res of lam; if lam is not the smallest, Cholesky fails
-        margin = 2.0 * res + 1e-15 * scale + tau0
-        t = cholesky_certifies(S, max(-lam, 0.0) + margin)
+        # a well-separated Ritz value is accurate to ~res^2/gap, i.e. to rounding: a small
+        # margin passes.  In a cluster (near-optimal certificates have a large near-zero one)
+        # it may not be the smallest eigenvalue: the factorisation fails and eigh decides
+        # (a residual-based margin would be valid but loose, and looseness costs the bound)
+        t = cholesky_certifies(S, max(-lam, 0.0) + 1e-14 * scale + tau0)
         if t is not None:
             return PSDShift(t, lam, v, "lobpcg")
     w, V = scipy.linalg.eigh(S)

@@ -66,7 +66,8 @@ def supports(prob: GUFM) -> bool:
 def frame_start(prob: GUFM, p: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     r"""Warm start for MSE with hard labels and ``p >= K``: the closed form's orthogonal frame.
 
-    Features :math:`H = \rho [I_K; 0]` (orthogonal, the balanced MSE optimum for
+    Features :math:`H = \rho [I_K; 0]` (:math:`\rho = 1` for ``penalty``; orthogonal, the
+    balanced MSE optimum for
     :math:`m \ge K`, see docs/closed_forms.md) and the exact minimiser over ``W`` for them,
     the ridge regression :math:`W = Q P H^\top (H P H^\top + \lambda_W I)^{-1}`
     (:math:`P = \operatorname{diag}(p_g)`), which is :math:`w_k = \rho p_k/(\rho^2 p_k +
@@ -179,13 +180,15 @@ class ReducedManifold:
     def from_flat(self, x: np.ndarray) -> list[Array]:
         """Split a flat vector into ``[W, (b), H]`` and put the features on the sphere."""
         x = np.asarray(x, dtype=float)
+        n = int(sum(np.prod(shp) for shp in self.shapes))
+        if x.ndim != 1 or x.size != n:
+            raise ValueError(f"x must be a flat vector with {n} entries for this problem, "
+                             f"got shape {x.shape}")
         out, i = [], 0
         for shp in self.shapes:
             size = int(np.prod(shp))
             out.append(self._arr(x[i:i + size].reshape(shp)))
             i += size
-        if i != x.size:
-            raise ValueError(f"x must have {i} entries for this problem, got {x.size}")
         if self.sphere:
             H = out[-1]
             out[-1] = H / (H**2).sum(0) ** 0.5
