@@ -292,3 +292,12 @@ def test_api_pages_cover_every_public_module(tmp_path: Path) -> None:
                 if not any(p.startswith("_") for p in n.split(".")[1:])}
     assert written == expected
     assert {p.stem for p in tmp_path.glob("*.rst")} == expected
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_pages_hold_no_control_characters(page: Path) -> None:
+    r"""A tab or form feed in a page is a ``\t`` / ``\f`` eaten by a non-raw python string
+    (``\top``, ``\frac``) on its way in."""
+    bad = [(i + 1, line) for i, line in enumerate(page.read_text().splitlines())
+           if re.search(r"[\x00-\x09\x0b-\x1f]", line)]
+    assert not bad, bad
