@@ -301,3 +301,17 @@ def test_pages_hold_no_control_characters(page: Path) -> None:
     bad = [(i + 1, line) for i, line in enumerate(page.read_text().splitlines())
            if re.search(r"[\x00-\x09\x0b-\x1f]", line)]
     assert not bad, bad
+
+
+def test_docstrings_hold_no_control_characters() -> None:
+    r"""``:math:`\rho``` in a non-raw docstring is a carriage return: the API pages break."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "gufm").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                doc = ast.get_docstring(node, clean=False) or ""
+                if re.search(r"[\x00-\x09\x0b-\x1f]", doc):
+                    bad.append(f"{path.relative_to(ROOT)}: {getattr(node, 'name', '<module>')}")
+    assert not bad, bad
