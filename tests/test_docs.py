@@ -315,3 +315,28 @@ def test_docstrings_hold_no_control_characters() -> None:
                 if re.search(r"[\x00-\x09\x0b-\x1f]", doc):
                     bad.append(f"{path.relative_to(ROOT)}: {getattr(node, 'name', '<module>')}")
     assert not bad, bad
+
+
+def test_metrics_page_table_of_what_vanishes_at_the_optimum() -> None:
+    """docs/metrics.md, section 7: which variants are 0 at certified GUFM optima."""
+    import numpy as np
+
+    from gufm.metrics import collapse_report
+
+    def report(counts: list[int], loss: str) -> dict:
+        prob = gufm.GUFM(counts=counts, dim=8, loss=loss, lam_W=0.01)
+        res = gufm.solve(prob)
+        assert res.certified
+        y = np.repeat(np.arange(len(counts)), counts)
+        return collapse_report(res.features(), y, res.W, lam=0.01, loss=loss)
+
+    ce, mse, imb = report([5] * 4, "ce"), report([5] * 4, "mse"), report([8, 4, 2, 2], "ce")
+    assert max(ce.values()) < 1e-8                                      # everything vanishes
+    for name in ("nc2_classifier", "nc3_duality"):
+        assert abs(mse[name] - 0.52) < 0.01 and abs(imb[name] - {"nc2_classifier": 0.20,
+                                                                  "nc3_duality": 0.35}[name]) < 0.01
+    for name in set(mse) - {"nc2_classifier", "nc3_duality"}:
+        assert mse[name] < 1e-8, name
+    for name in ("nc1", "nc1_trace_ratio", "nc1_cdnv", "nc4", "gufm_distance"):
+        assert imb[name] < 1e-8, name
+    assert imb["nc2_means"] > 0.4 and imb["nc3"] > 1e-3
