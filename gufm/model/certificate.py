@@ -1,4 +1,4 @@
-r"""Dual certificate of global optimality for the GUFM (spec section 4).
+r"""Dual certificate of global optimality for the GUFM (see docs/certificate.md).
 
 The convex relaxation over the Gram matrix :math:`M = [[A, Z],[Z^\top, B]] \succeq 0`
 (:math:`A = WW^\top`, :math:`B = \bar H^\top \bar H`, :math:`Z = W\bar H`) has the Lagrange dual
