@@ -136,7 +136,8 @@ class CollapseStats:
 
 def cosine_sum(num: torch.Tensor, H: torch.Tensor, wnorm: torch.Tensor) -> torch.Tensor:
     r""":math:`\sum_i \cos(h_i, w_{y_i})` from the numerators :math:`h_i^\top w_{y_i}`, the rows
-    ``H`` and :math:`\lVert w_{y_i}\rVert`; :math:`\cos(x, 0) = 0`.
+    ``H`` and :math:`\lVert w_{y_i}\rVert`; :math:`\cos(x, 0) = 0`.  Each cosine in the precision
+    of ``wnorm`` (a cosine lies in [-1, 1]: float32 is exact to 1e-7), summed in float64.
 
     Examples
     --------
@@ -146,7 +147,7 @@ def cosine_sum(num: torch.Tensor, H: torch.Tensor, wnorm: torch.Tensor) -> torch
     2.0
     """
     den = torch.linalg.vector_norm(H, dim=1).to(wnorm.dtype) * wnorm
-    return (num.to(wnorm.dtype) / (den + (den == 0))).sum()
+    return (num.to(wnorm.dtype) / (den + (den == 0))).sum(dtype=torch.float64)
 
 
 class StatsEngine:
@@ -189,7 +190,7 @@ class StatsEngine:
         # parallel region: few, large ones): large blocks
         cpu = self.device.type == "cpu"
         big = min(8192, max(256, 2**22 // self.d)) if cpu else max(2048, 2**25 // self.d)
-        small = max(64, 2**17 // self.d) if cpu and torch.get_num_threads() == 1 else big
+        small = max(64, 2**18 // self.d) if cpu and torch.get_num_threads() == 1 else big
         self._bs1 = self.block_size or (small if self.passes == 2 else big)
         self._bs2 = self.block_size or big
         self.block_size = self.block_size or big
@@ -224,7 +225,7 @@ class StatsEngine:
             self._Wt_w = self._W.T.to(self._work).contiguous()
             self._W_w = self._W.to(self._work)
             self._b_w = None if self._b is None else self._b.to(self._work)
-            self._wn = (self._W * self._W).sum(1) ** 0.5
+            self._wn = ((self._W * self._W).sum(1) ** 0.5).to(self._work)
 
     # ------------------------------------------------------------------------- accumulation
     def add(self, H: torch.Tensor, y: torch.Tensor) -> None:
@@ -283,7 +284,7 @@ class StatsEngine:
         s_b, ss_b, cos_b = torch.zeros(K, d, **z), torch.zeros(K, **z), torch.zeros((), **z)
         S_b = torch.zeros(d, d, **z) if scatter else None
         withW = self._W is not None
-        cw = (shift * self._W).sum(1) if withW else None
+        cw = (shift * self._W).sum(1).to(self._work) if withW else None
         for Hb, yb in self._blocks(H, y, self._bs1):
             if not all_shifted:  # shift of a class = its mean in the first block that has it
                 nb = torch.bincount(yb, minlength=K)
@@ -294,7 +295,7 @@ class StatsEngine:
                     shift = shift_w.to(self.dtype)
                     has = has | new
                     all_shifted = bool(has.all())
-                    cw = (shift * self._W).sum(1) if withW else None
+                    cw = (shift * self._W).sum(1).to(self._work) if withW else None
             R = torch.index_select(shift_w, 0, yb, out=self._Rbuf[: yb.shape[0]])
             R = torch.sub(Hb, R, out=R)  # r_i = h_i - c_{y_i}
             self._class_sum(s_b, yb, R)
@@ -306,7 +307,7 @@ class StatsEngine:
                     num = (R @ self._Wt_w).gather(1, yb[:, None]).squeeze(1)
                 else:
                     num = (R * self._W_w[yb]).sum(1)
-                cos_b += cosine_sum(num.to(self.dtype) + cw[yb], Hb, self._wn[yb])
+                cos_b += cosine_sum(num + cw[yb], Hb, self._wn[yb])
         self._check_finite(ss_b, s_b)
         self._shift, self._shift_w, self._has_shift = shift, shift_w, has
         self._all_shifted = all_shifted

@@ -106,10 +106,11 @@ class CollapseAccumulator(StatsEngine):
         Rows per block when processing a batch.  Bounds the temporaries to
         ``block_size x (d + K)`` regardless of batch size and the float32 rounding of the
         per-block products (blocks are summed in ``dtype``).  Default on CPU
-        ``min(8192, max(256, 2**22 // d))``; on GPUs ``max(2048, 2**25 // d)`` (fewer kernel
-        launches).  Class sums of a block are an indicator-matrix product for K <= 64, a
-        scatter into a per-block ``(K, d)`` buffer for K up to ``block_size``, and a direct
-        scatter into the accumulator for larger K.
+        ``min(8192, max(256, 2**22 // d))`` rows, and for the first pass of ``passes=2`` with one
+        torch thread ``max(64, 2**18 // d)`` (cache-resident: its work is elementwise); on GPUs
+        ``max(2048, 2**25 // d)`` (fewer kernel launches).  Class sums of a block are an
+        indicator-matrix product for K <= 64, a scatter into a per-block ``(K, d)`` buffer for
+        K up to ``block_size``, and a direct scatter into the accumulator for larger K.
 
     Examples
     --------
