@@ -66,6 +66,14 @@ class Certificate:
         Eigenvector of ``lambda_min``: a direction for a higher-rank lift of the features.
     reason : str
         Why the bound may be weak (``""`` when nothing is wrong).
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> from gufm.solvers import solve
+    >>> cert = solve(GUFM(counts=[3, 2, 1], dim=4, lam_W=0.1)).certificate
+    >>> cert.Y.shape, cert.mu.shape, cert.reason
+    ((3, 3), (3,), '')
     """
 
     lower_bound: float
@@ -91,7 +99,22 @@ def certify(prob: GUFM, Z: Array, b: Array | None = None) -> Certificate:
     -------
     Certificate
         ``lower_bound`` is valid for *any* input; it matches the primal value exactly at a
-        global optimum of the relaxation.
+        global optimum of the relaxation (see docs/certificate.md, sections 4 and 7).
+
+    Examples
+    --------
+    At the closed-form optimum the bound meets the value; at any other point it stays below:
+
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> from gufm.solvers import solve
+    >>> prob = GUFM(counts=[2, 2, 2], dim=4, lam_W=0.1)
+    >>> res = solve(prob, method="closed_form")
+    >>> cert = certify(prob, res.W @ res.class_features)
+    >>> bool(abs(cert.lower_bound - res.value) < 1e-9)
+    True
+    >>> bool(certify(prob, np.zeros((3, 3))).lower_bound <= res.value)
+    True
     """
     g = prob.groups
     Z = np.asarray(to_numpy(Z), dtype=float)
