@@ -348,7 +348,8 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
             x = param.pack(W0, b0, H0)
             continue
         reason = (
-            "not certified: rank constraint binds (lambda_min < 0 at full dimension)"
+            f"not certified: rank constraint binds (lambda_min = {cert.lambda_min:.3g} < 0 at "
+            f"full dimension; last round: {res.message})"
             if cert.lambda_min < 0 and param.p >= p_max
             else f"not certified: {res.message}"
         )
