@@ -18,7 +18,7 @@ repeats interleaved (read, streamed, in memory, read, ...) so a loaded machine s
   Papyan et al.'s script; ``np.linalg.pinv`` with its default cut-off is recorded too).
 
 Yardstick: "one read" of the same arrays, the faster of a numpy sum (one thread) and a torch sum.
-Ratios (goals of the metrics issue): ``in_memory / stream_2pass`` (<= 1.2) and
+Ratios (the goals): ``in_memory / stream_2pass`` (<= 1.2) and
 ``stream_2pass / (2 x read)`` (<= 2).  Every timing is the best of ``repeats`` runs.
 """
 

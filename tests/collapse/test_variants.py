@@ -271,3 +271,16 @@ def test_degenerate_inputs():
     assert math.isfinite(M.gnc2_dist(H2, [0, 1, 2]))
     # nc3 does not need every class to have a sample
     assert M.nc3(H, y, np.vstack([W, W[:1]])) == pytest.approx(M.nc3(H, y, W))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_stay_on_the_device():
+    H, y, W, b, ood = data(10)
+    want = M.collapse_report(H, y, W, b, ood=ood)
+    dev = torch.device("cuda")
+    got = M.collapse_report(torch.tensor(H, device=dev), torch.tensor(y, device=dev),
+                            torch.tensor(W, device=dev), torch.tensor(b, device=dev),
+                            ood=torch.tensor(ood, device=dev))
+    for k in want:
+        assert got[k].device.type == "cuda", k
+        assert float(got[k]) == pytest.approx(want[k], rel=1e-10, abs=1e-13), k
