@@ -104,6 +104,12 @@ class DualDiagonal:
     repair : {"shift", "scale"}
         How exact feasibility is restored: raise every :math:`\\mu_g` by the same amount
         (constrained models), or scale :math:`Y \\to sY` (penalty, whose block is fixed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> feature_model("penalty").dual_diagonal(None, None, None, np.array([3, 1]), 0.5)
+    DualDiagonal(diag=array([0.75, 0.25]), repair='scale')
     """
 
     diag: np.ndarray

@@ -30,7 +30,17 @@ from gufm.model.problem import GUFM
 
 
 class Gradient(NamedTuple):
-    """Euclidean gradient of :math:`F` with respect to ``W``, ``b`` and ``H``."""
+    """Euclidean gradient of :math:`F` with respect to ``W``, ``b`` and ``H``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> prob = GUFM(counts=[1, 1], dim=2, loss="mse", features="sphere", radius=1.0, lam_W=1.0)
+    >>> value, grad = value_and_grad(prob, np.eye(2), None, np.eye(2), columns="samples")
+    >>> float(value), grad.W.tolist(), grad.b, grad.H.tolist()   # zero loss: only lam_W W
+    (1.0, [[1.0, 0.0], [0.0, 1.0]], None, [[0.0, 0.0], [0.0, 0.0]])
+    """
 
     W: Array
     b: Array | None

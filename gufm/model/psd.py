@@ -48,6 +48,16 @@ class PSDShift:
         Unit eigenvector of ``lambda_min`` (``None`` when Cholesky decided at the first try).
     method : str
         ``"cholesky"`` (one factorisation decided), ``"lobpcg"`` or ``"eigh"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ok = psd_shift(np.diag([1.0, 2.0]))                 # PSD: one Cholesky decides
+    >>> ok.method, ok.shift < 1e-12, ok.vector
+    ('cholesky', True, None)
+    >>> bad = psd_shift(np.diag([-1.0, 2.0]))               # indefinite: eigenpair and shift
+    >>> round(bad.lambda_min, 12), bool(bad.shift >= 1.0), np.abs(bad.vector).tolist()
+    (-1.0, True, [1.0, 0.0])
     """
 
     shift: float

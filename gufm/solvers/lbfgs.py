@@ -19,7 +19,15 @@ import numpy as np
 
 @dataclass
 class LBFGSResult:
-    """Outcome of :func:`lbfgs`: final point, value, gradient sup-norm and stop reason."""
+    """Outcome of :func:`lbfgs`: final point, value, gradient sup-norm and stop reason.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> res = lbfgs(lambda x: (float(x @ x), 2 * x), np.ones(2))
+    >>> res.fun, res.grad_norm, res.message
+    (0.0, 0.0, 'gradient tolerance reached')
+    """
 
     x: np.ndarray
     fun: float

@@ -38,7 +38,15 @@ from gufm.solvers.result import ATOL, is_certified, loss_scale
 
 @dataclass
 class Types:
-    """Class types of a hard-label problem (equal counts)."""
+    """Class types of a hard-label problem (equal counts).
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> t = class_types(GUFM(counts=[3, 3, 1, 3, 1], dim=8))
+    >>> t.T, t.counts.tolist(), t.mult.tolist(), t.of_class.tolist()
+    (2, [1.0, 3.0], [2, 3], [1, 1, 0, 1, 0])
+    """
 
     counts: np.ndarray  # n_t, shape (T,)
     mult: np.ndarray  # m_t, shape (T,)
@@ -50,7 +58,16 @@ class Types:
 
 
 def class_types(prob: GUFM) -> Types | None:
-    """Types of equal-count classes, or None for soft labels."""
+    """Types of equal-count classes, or None for soft labels.
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> class_types(GUFM(counts=[2, 2, 5], dim=4)).mult.tolist()
+    [2, 1]
+    >>> class_types(GUFM(soft_labels=[[0.5, 0.5], [1.0, 0.0]], dim=4)) is None
+    True
+    """
     if not prob.hard_labels:
         return None
     uniq, inv, mult = np.unique(prob.groups.counts, return_inverse=True, return_counts=True)
@@ -58,7 +75,15 @@ def class_types(prob: GUFM) -> Types | None:
 
 
 def shared_dim(prob: GUFM, types: Types) -> int:
-    """Dimension ``q`` of the shared block: ``min(2T, m - (K - T))`` (0 if it does not fit)."""
+    """Dimension ``q`` of the shared block: ``min(2T, m - (K - T))`` (0 if it does not fit).
+
+    Examples
+    --------
+    >>> from gufm.model.problem import GUFM
+    >>> prob = GUFM(counts=[3, 3, 1, 3, 1], dim=8)        # T = 2 types, m = 7
+    >>> shared_dim(prob, class_types(prob))               # min(4, 7 - 3)
+    4
+    """
     return max(0, min(2 * types.T, prob.m - (prob.K - types.T)))
 
 
