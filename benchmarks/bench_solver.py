@@ -88,7 +88,7 @@ def run(quick: bool = False) -> dict:
     scaling = certified_scaling(Ks)
     N, d = (5000, 64) if quick else (50000, 512)
     print("reduced against full-N baseline:", flush=True)
-    ratio = full_ratio(N, d, 10)
+    ratio = full_ratio(N, d, 10, max_seconds=10.0 if quick else 300.0)
     impl = lbfgs_implementations(30 if quick else 100)
     return {"benchmark": "solver", "quick": quick, "machine": machine(),
             "certified_scaling": scaling, "full_baseline": ratio, "lbfgs_implementation": impl,

@@ -8,8 +8,10 @@
 
 ``run`` imports each module ``benchmarks.bench_<name>`` lazily and calls its ``run(quick)``;
 a module that is missing, fails to import or raises is recorded as an ``"error"`` entry (with
-the traceback) and the suite goes on.  With ``--timeout`` (or ``--isolate``) every module runs
-in a child process, killed with its process group past the timeout.  The JSON (schema
+the traceback) and the suite goes on; so is a module whose result lists failed parts under
+``errors`` (e.g. a baseline whose optional dependency is missing), with its other results kept.
+With ``--timeout`` (or ``--isolate``) every module runs in a child process, killed with its
+process group past the timeout.  The JSON (schema
 :data:`SCHEMA`) holds the machine (:func:`benchmarks._common.machine`), the thread pools, the
 load average, each module's full result and, per module, the normalised ``comparisons`` rows
 every table is generated from:
@@ -61,7 +63,7 @@ from typing import Any
 #: identifies the layout of the JSON written by :func:`run_suite`
 SCHEMA = "gufm-benchmarks/1"
 #: the modules the suite expects (``benchmarks/bench_<name>.py``), in running order
-EXPECTED = ("solver", "baselines", "scaling", "metrics", "training", "sweep")
+EXPECTED = ("solver", "baselines", "scaling", "certified", "metrics", "training", "sweep")
 #: markers delimiting the generated block in README.md
 README_START = "<!-- BENCHMARKS:START -->"
 README_END = "<!-- BENCHMARKS:END -->"
@@ -331,6 +333,12 @@ def run_module(name: str, quick: bool) -> dict[str, Any]:
         entry["result"] = sanitize(result)
         entry["comparisons"] = extract_comparisons(name, entry["result"])
         entry["status"] = "ok"
+        errors = result.get("errors")
+        if errors:  # a part that failed (e.g. a missing optional baseline) is not ok
+            entry["status"] = "error"
+            entry["error"] = "failed parts: " + "; ".join(
+                f"{k}: {v}" for k, v in (errors.items() if isinstance(errors, dict)
+                                         else enumerate(errors)))
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded, the suite goes on (SystemExit too)

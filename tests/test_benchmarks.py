@@ -99,6 +99,29 @@ def test_missing_raising_and_bad_modules_are_error_entries(monkeypatch: pytest.M
     assert runner.run_module("exits", True)["status"] == "error"
 
 
+def test_failed_parts_make_an_error_entry_that_keeps_the_results(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A baseline whose optional dependency is missing is an error entry, never ``ok``."""
+    def partial(quick: bool) -> dict[str, Any]:
+        out = _fake_ok(quick)
+        out["errors"] = {"pymanopt": "ModuleNotFoundError: No module named 'pymanopt'"}
+        return out
+
+    _fake_module(monkeypatch, "partial", partial)
+    e = runner.run_module("partial", True)
+    assert e["status"] == "error"
+    assert "pymanopt: ModuleNotFoundError" in e["error"]
+    assert e["result"]["value"] == 1.5 and len(e["comparisons"]) == 1  # the rest is kept
+
+
+def test_certified_module_without_pymanopt_is_an_error_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pymanopt", None)  # import pymanopt now fails
+    e = runner.run_module("certified", True)
+    assert e["status"] == "error" and "pymanopt" in e["error"]
+    assert e["result"] is None
+
+
 def test_run_suite_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_module(monkeypatch, "fake", _fake_ok)
     _fake_module(monkeypatch, "boom", _fake_raise)
@@ -265,3 +288,20 @@ def test_quick_runner_subprocess(tmp_path: Path) -> None:
     md = (tmp_path / "RESULTS_quick.md").read_text()
     assert md == runner.render_markdown(payload, source=out.name)
     assert "| baselines |" in md and "| scaling |" in md
+
+
+def test_certified_series_rows_are_honest() -> None:
+    """One tiny point of each kind: certified, pymanopt in the same run, skipped past the cap."""
+    pytest.importorskip("pymanopt")
+    from benchmarks import bench_certified
+
+    pts, rows = bench_certified.series("distinct", "ce", [8, 10_000], cap=5.0, repeats=1,
+                                       pymanopt_time=10.0)
+    assert pts[0]["certified"] and pts[0]["load_average"]
+    assert pts[0]["pymanopt"]["certified"]  # the baseline reaches the certified optimum
+    assert "skipped" in pts[1]  # predicted far beyond the cap: recorded, not run
+    assert len(rows) == 1
+    _check_row(rows[0])
+    assert rows[0]["gufm_certified"] and rows[0]["baseline_reached"]
+    pts, rows = bench_certified.series("tied", "ce", [9], cap=5.0, repeats=1, pymanopt_time=1.0)
+    assert pts[0]["certified"] and rows == []  # no pymanopt row for the tied series
