@@ -224,7 +224,6 @@ class StatsEngine:
         if self.device is not None and self._work is not None:
             self._Wt_w = self._W.T.to(self._work).contiguous()
             self._W_w = self._W.to(self._work)
-            self._b_w = None if self._b is None else self._b.to(self._work)
             self._wn = ((self._W * self._W).sum(1) ** 0.5).to(self._work)
 
     # ------------------------------------------------------------------------- accumulation
@@ -337,11 +336,11 @@ class StatsEngine:
                 S = G[:, r:r + K]  # w_k^T h_i
                 if cos_here:
                     cos_b += cosine_sum(S.gather(1, yb[:, None]).squeeze(1), Hb, self._wn[yb])
-                lin = (S if self._b_w is None else S + self._b_w).argmax(1)
+                # both decisions in one argmax: argmax_k w_k^T h + b_k, and
                 # argmin_k ||h - mu_k||^2 = argmax_k h^T(mu_k - mu_G) - ||mu_k - mu_G||^2/2
                 #                                  - mu_G^T(mu_k - mu_G)
-                ncc = (G[:, r + K:r + 2 * K] - self._ncc_w).argmax(1)
-                dis_b += (lin != ncc).sum()
+                dec = (G[:, r:r + 2 * K].unflatten(1, (2, K)) - self._dec_w).argmax(2)
+                dis_b += (dec[:, 0] != dec[:, 1]).sum()
         self._check_finite(SP_b, p_b)
         self._n2 += torch.bincount(y, minlength=K)
         self._p += p_b
@@ -366,7 +365,9 @@ class StatsEngine:
         self._Gbuf = torch.empty(self._bs2, A.shape[1], dtype=self._work, device=self.device)
         self._QM_w = (mu @ self._Q).to(self._work)  # projected shifts (K, r)
         muG = (n @ mu) / n.sum()
-        self._ncc_w = ((Mc * Mc).sum(1) / 2 + Mc @ muG).to(self._work)
+        ncc = (Mc * Mc).sum(1) / 2 + Mc @ muG
+        lin = torch.zeros_like(ncc) if self._b is None else -self._b
+        self._dec_w = torch.stack([lin, ncc]).to(self._work)  # (2, K) offsets
         self._n2 = torch.zeros_like(self._n)
         self._p = torch.zeros(self.K, r, dtype=self.dtype, device=self.device)
         self._SP = torch.zeros(r, r, dtype=self.dtype, device=self.device)
