@@ -357,7 +357,7 @@ def test_independent_solver_finds_the_balanced_closed_form():
     assert got == pytest.approx(want, rel=1e-8)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=80, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(params=params_strategy)
 def test_battery_no_false_certificate(params):
