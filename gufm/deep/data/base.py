@@ -148,13 +148,28 @@ def data_home() -> Path:
 
 def searched(dirs: Sequence[Path]) -> list[Path]:
     """The folders of ``dirs`` that exist (all of them, or the first, when none does): what a
-    "not found" message lists."""
+    "not found" message lists.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> here = Path(tempfile.mkdtemp())
+    >>> searched([Path("/no/such/dir"), here]) == [here], searched([Path("/no/a"), Path("/no/b")])
+    (True, [PosixPath('/no/a')])
+    """
     return [d for d in dirs if d.exists()] or list(dirs[:1])
 
 
 def missing(name: str, what: str, dirs: Sequence[Path]) -> DatasetNotFoundError:
     """The one-line "not found" error of a downloadable data set: the folders searched, the
-    ``gufm data download`` command and the ``root=`` / ``--data-root`` to pass afterwards."""
+    ``gufm data download`` command and the ``root=`` / ``--data-root`` to pass afterwards.
+
+    Examples
+    --------
+    >>> err = missing("cifar10", "cifar-10-batches-py", [Path("/data")])
+    >>> type(err).__name__, str(err).split(". ")[0]
+    ('DatasetNotFoundError', 'cifar10: cifar-10-batches-py not found (searched /data)')
+    """
     where = ", ".join(str(p) for p in dirs) or "(nowhere)"
     dest = data_home() / name
     return DatasetNotFoundError(
@@ -226,12 +241,30 @@ def balanced_indices(y: np.ndarray, n_per_class: int | None, seed: int,
 
 
 def check_split(split: str) -> str:
-    """Validate ``split`` (one of :data:`SPLITS`) and return it."""
+    """Validate ``split`` (one of :data:`SPLITS`) and return it.
+
+    Examples
+    --------
+    >>> check_split("test")
+    'test'
+    >>> check_split("validation")
+    Traceback (most recent call last):
+    ...
+    ValueError: split must be one of ('train', 'test'), got 'validation'
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return split
 
 
 def digest(a: np.ndarray) -> str:
-    """First 16 hex digits of the SHA-256 of an array's bytes (provenance of a subset)."""
+    """First 16 hex digits of the SHA-256 of an array's bytes (provenance of a subset).
+
+    Examples
+    --------
+    >>> digest(np.arange(3)) == digest(np.arange(3)), digest(np.arange(3)) == digest(np.arange(4))
+    (True, False)
+    >>> len(digest(np.zeros(5)))
+    16
+    """
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]

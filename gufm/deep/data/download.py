@@ -78,11 +78,28 @@ PACKAGED = ("fortunes", "fortunes-next")
 
 
 class ChecksumError(OSError):
-    """A downloaded file does not have the published checksum."""
+    """A downloaded file does not have the published checksum.
+
+    Examples
+    --------
+    >>> issubclass(ChecksumError, OSError)
+    True
+    """
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
-    """Hex digest of a file (streamed in 1 MiB blocks)."""
+    """Hex digest of a file (streamed in 1 MiB blocks).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "f"
+    >>> _ = p.write_bytes(b"abc")
+    >>> file_digest(p)
+    '900150983cd24fb0d6963f7d28e17f72'
+    >>> file_digest(p, "sha256")[:16]
+    'ba7816bf8f01cfea'
+    """
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -38,7 +38,18 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle names a callable outside the data format (refused before anything runs)."""
+    """The pickle names a callable outside the data format (refused before anything runs).
+
+    Examples
+    --------
+    >>> issubclass(UnsafePickleError, pickle.UnpicklingError)
+    True
+    >>> try:
+    ...     DataUnpickler(io.BytesIO(pickle.dumps(print))).load()
+    ... except UnsafePickleError as exc:
+    ...     print(exc)
+    the file names builtins.print, which a data file never holds
+    """
 
 
 def _checked_dtype(dt: Any) -> np.dtype:

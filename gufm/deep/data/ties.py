@@ -38,6 +38,13 @@ class TiedLabels:
         Number of distinct inputs.
     conflicting : int
         Distinct inputs that occur with more than one label.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = tied_soft_labels(np.array([[0.0], [0.0], [1.0]]), np.array([0, 1, 1]), 2)
+    >>> t.soft_labels.tolist(), t.inverse.tolist(), t.distinct, t.conflicting
+    ([[0.5, 0.5], [0.5, 0.5], [0.0, 1.0]], [0, 0, 1], 2, 1)
     """
 
     soft_labels: np.ndarray | None
