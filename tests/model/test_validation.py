@@ -303,3 +303,16 @@ def test_cli_solve_bad_values_one_line_exit_2(argv, flag, capsys):
     assert out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("gufm solve: error: ")
     assert re.search(flag, err), err
+
+
+def test_f5_torch_inputs():
+    import torch
+
+    p = gufm.GUFM(labels=torch.tensor([0, 1, 1]), dim=3, lam_W=0.1)
+    assert p.counts.tolist() == [1, 2]
+    q = gufm.GUFM(soft_labels=torch.tensor([[0.25, 0.75], [1.0, 0.0]], dtype=torch.float32),
+                  dim=3, lam_W=0.1)
+    np.testing.assert_array_equal(q.soft_labels, [[0.25, 0.75], [1.0, 0.0]])
+    assert gufm.GUFM(counts=torch.tensor([3, 2]), dim=3, lam_W=0.1).N == 5
+    with pytest.raises(TypeError, match="counts must hold integers, got booleans"):
+        gufm.GUFM(counts=torch.tensor([True, True]), dim=3, lam_W=0.1)
