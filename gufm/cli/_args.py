@@ -13,7 +13,16 @@ from pathlib import Path
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows ``(default: X)`` after every option's help (not for on/off flags, whose default is
     off, nor for options whose help states where the default comes from), and keeps the
-    description's line breaks."""
+    description's line breaks.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter)
+    >>> _ = p.add_argument("--width", type=int, default=64, help="feature dimension")
+    >>> "feature dimension (default: 64)" in p.format_help()
+    True
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -37,7 +46,13 @@ def paragraphs(*texts: str, width: int = 88) -> str:
 
 
 class UsageError(ValueError):
-    """A command-line value that cannot be used; the message names the flag."""
+    """A command-line value that cannot be used; the message names the flag.
+
+    Examples
+    --------
+    >>> isinstance(UsageError("--jobs must be positive"), ValueError)
+    True
+    """
 
 
 def int_list(minimum: int) -> Callable[[str], list[int]]:

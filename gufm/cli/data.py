@@ -10,7 +10,16 @@ from gufm.deep.data.download import SOURCES, download
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``data`` (with ``download``)."""
+    """Register ``data`` (with ``download``).
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_parsers(p.add_subparsers(dest="command"))
+    >>> p.parse_args(["data", "download", "mnist"]).name
+    'mnist'
+    """
     d = subparsers.add_parser("data", formatter_class=HelpFormatter,
                               help="data sets: download the official files",
                               description="Download the data sets that are not embedded.")
@@ -26,7 +35,16 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    """``gufm data download NAME --dir DIR``."""
+    """``gufm data download NAME --dir DIR``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> cmd_data_download(argparse.Namespace(name="svhn", dir=None))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: name must be one of (...), got 'svhn'
+    """
     folder = download(args.name, args.dir)
     print(f"{args.name}: files in {folder}; load with "
           f"gufm.data.load_dataset({args.name!r}, root={str(folder)!r})")

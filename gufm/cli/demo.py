@@ -10,7 +10,16 @@ from gufm.experiments.demo import run_demo
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``demo``."""
+    """Register ``demo``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_parsers(p.add_subparsers(dest="command"))
+    >>> p.parse_args(["demo"]).out
+    'gufm-demo'
+    """
     d = subparsers.add_parser(
         "demo", formatter_class=HelpFormatter,
         help="the main job: certified solves, then networks against the GUFM optimum",
@@ -26,6 +35,18 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``gufm demo``: :func:`gufm.experiments.demo.run_demo`."""
+    """``gufm demo``: :func:`gufm.experiments.demo.run_demo`.
+
+    Examples
+    --------
+    >>> import argparse, tempfile
+    >>> from pathlib import Path
+    >>> f = Path(tempfile.mkdtemp()) / "a-file"
+    >>> _ = f.write_text("")
+    >>> cmd_demo(argparse.Namespace(out=str(f), quick=True))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gufm.cli._args.UsageError: --out '...a-file' is a file, not a folder
+    """
     writable_folder(args.out, "--out")
     return run_demo(out=args.out, quick=args.quick)

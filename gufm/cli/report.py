@@ -10,7 +10,16 @@ from gufm.experiments.report import make_report
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``report``."""
+    """Register ``report``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_parsers(p.add_subparsers(dest="command"))
+    >>> p.parse_args(["report", "runs/quick"]).dir
+    'runs/quick'
+    """
     r = subparsers.add_parser(
         "report", formatter_class=HelpFormatter,
         help="figures and a markdown summary of a sweep folder",
@@ -24,7 +33,16 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """``gufm report DIR``: :func:`gufm.experiments.report.make_report`."""
+    """``gufm report DIR``: :func:`gufm.experiments.report.make_report`.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> cmd_report(argparse.Namespace(dir="no/such/folder", out=None))
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: folder 'no/such/folder' does not exist
+    """
     rep = make_report(args.dir, out=args.out)
     print(f"gufm report: {rep['summary']}")
     for f in rep["figures"]:

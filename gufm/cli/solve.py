@@ -18,7 +18,16 @@ FLAGS = {"counts": "--counts", "dim": "--dim", "loss": "--loss", "features": "--
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``solve``."""
+    """Register ``solve``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_parsers(p.add_subparsers(dest="command"))
+    >>> p.parse_args(["solve", "--counts", "5,5", "--dim", "4", "--lam-w", "0.1"]).counts
+    [5, 5]
+    """
     s = subparsers.add_parser(
         "solve", formatter_class=HelpFormatter,
         help="solve a GUFM instance to a certified global optimum",
@@ -48,7 +57,16 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
-    """``gufm solve``: build the :class:`gufm.GUFM`, solve it, print the result."""
+    """``gufm solve``: build the :class:`gufm.GUFM`, solve it, print the result.
+
+    Examples
+    --------
+    >>> from gufm.cli import build_parser
+    >>> cmd_solve(build_parser().parse_args(["solve", "--counts", "50,30,20", "--dim", "16",
+    ...                                      "--lam-w", "0.005", "--json"]))  # doctest: +ELLIPSIS
+    {"value": 0.01166886233..., ...}
+    0
+    """
     prob = GUFM(counts=args.counts, dim=args.dim, loss=args.loss, features=args.features,
                 radius=args.radius, lam_W=args.lam_w, lam_b=args.lam_b, lam_H=args.lam_h)
     res = solve(prob, method=args.method)

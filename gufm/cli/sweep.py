@@ -56,7 +56,16 @@ def _csv(values: Any) -> str:
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``sweep``."""
+    """Register ``sweep``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_parsers(p.add_subparsers(dest="command"))
+    >>> p.parse_args(["sweep", "--arch", "rn1,rn2", "--out", "x"]).arch
+    ['rn1', 'rn2']
+    """
     d = spec_defaults()
     s = subparsers.add_parser(
         "sweep", formatter_class=HelpFormatter,
@@ -136,6 +145,14 @@ def build_specs(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]
         ``--preset`` nor ``--arch``.
     ValueError
         A setting :func:`expand_grid` rejects (e.g. ``--width 1``).
+
+    Examples
+    --------
+    >>> from gufm.cli import build_parser
+    >>> args = build_parser().parse_args(["sweep", "--arch", "rn1", "--depths", "2,5", "--out", "x"])
+    >>> specs, notes, jobs = build_specs(args)
+    >>> [(s.depth, s.seed, s.width) for s in specs][:3], jobs
+    ([(2, 0, 64), (2, 1, 64), (2, 2, 64)], 1)
     """
     options: dict[str, Any] = {}
     if args.continuation:
@@ -166,7 +183,17 @@ def build_specs(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``gufm sweep``: :func:`gufm.experiments.sweep.run_sweep` over the grid or preset."""
+    """``gufm sweep``: :func:`gufm.experiments.sweep.run_sweep` over the grid or preset.
+
+    Examples
+    --------
+    >>> from gufm.cli import build_parser
+    >>> cmd_sweep(build_parser().parse_args(["sweep", "--preset", "quick", "--out", "x",
+    ...                                      "--dry-run"]))  # doctest: +ELLIPSIS
+    gufm sweep: 28 runs in 4 row(s), 0 already finished, 28 to run on 2 local processes ...
+    ...
+    0
+    """
     specs, notes, default_jobs = build_specs(args)
     jobs = default_jobs if args.jobs is None else args.jobs
     if args.scheduler is None and jobs < 1:

@@ -47,6 +47,14 @@ def execute_run(spec_dict: dict[str, Any], run_fn: RunFn | None = None, device: 
     Returns
     -------
     dict of str to float
+
+    Examples
+    --------
+    >>> from gufm.experiments.spec import RunSpec
+    >>> from gufm.experiments.testing import toy_run
+    >>> m = execute_run(RunSpec("rn1", "digits", depth=4, seed=0).to_dict(), toy_run)
+    >>> round(m["gap"], 4), m["converged"]
+    (0.0146, 1.0)
     """
     spec = RunSpec.from_dict(spec_dict)
     fn = run_fn if run_fn is not None else train_and_compare
@@ -74,6 +82,14 @@ def execute_task(spec_dicts: Sequence[dict[str, Any]], run_fn: RunFn | None = No
     -------
     list of dict
         The metrics of each spec, in order.
+
+    Examples
+    --------
+    >>> from gufm.experiments.spec import expand_grid
+    >>> from gufm.experiments.testing import toy_run
+    >>> specs = expand_grid("rn1", [2], [0, 1])
+    >>> [round(m["nc1"], 4) for m in execute_task([s.to_dict() for s in specs], toy_run)]
+    [0.4139, 0.3431]
     """
     if _is_chain(spec_dicts[0]) and run_fn is None:
         kws = [RunSpec.from_dict(d).kwargs() | ({"root": data_root} if data_root else {})
@@ -100,7 +116,15 @@ def _is_chain(spec_dict: dict[str, Any]) -> bool:
 def make_tasks(specs: Sequence[RunSpec], vectorize: bool) -> list[list[RunSpec]]:
     """Group runs into tasks: one run each, or (``vectorize``) all seeds of one configuration;
     runs with the ``continuation`` option: all depths of one row and seed (one
-    :func:`gufm.deep.pipeline.continuation_chain`)."""
+    :func:`gufm.deep.pipeline.continuation_chain`).
+
+    Examples
+    --------
+    >>> from gufm.experiments.spec import expand_grid
+    >>> specs = expand_grid("rn1", [2, 4], [0, 1, 2])
+    >>> len(make_tasks(specs, vectorize=False)), len(make_tasks(specs, vectorize=True))
+    (6, 2)
+    """
     groups: dict[str, list[RunSpec]] = {}
     out: list[list[RunSpec]] = []
     for sp in specs:
@@ -168,7 +192,14 @@ def iter_local(tasks: Sequence[Sequence[RunSpec]], args: tuple[Any, ...]) -> Ite
 
 def iter_processes(tasks: Sequence[Sequence[RunSpec]], jobs: int, args: tuple[Any, ...]
                    ) -> Iterator[Outcome]:
-    """Run the tasks on ``jobs`` spawned worker processes (``run_fn`` must be picklable)."""
+    """Run the tasks on ``jobs`` spawned worker processes (``run_fn`` must be picklable).
+
+    Examples
+    --------
+    >>> from gufm.experiments.testing import toy_run
+    >>> list(iter_processes([], 2, (toy_run,)))  # no task: no worker is started
+    []
+    """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 

@@ -156,7 +156,16 @@ def rows_title(rows: Sequence[str]) -> str:
 
 
 def suptitle(fig: Any, text: str, width_in: float) -> None:
-    """A figure title wrapped to the figure's width (``width_in`` inches at 11 pt)."""
+    """A figure title wrapped to the figure's width (``width_in`` inches at 11 pt).
+
+    Examples
+    --------
+    >>> fig = pyplot().figure(figsize=(4, 3))
+    >>> suptitle(fig, "a long title " * 10, 4)
+    >>> len(fig._suptitle.get_text().splitlines()) > 1
+    True
+    >>> pyplot().close(fig)
+    """
     import textwrap
 
     fig.suptitle(textwrap.fill(text, max(40, int(width_in * 11))), fontsize=11)

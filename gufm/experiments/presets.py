@@ -20,7 +20,13 @@ __all__ = ["FORTUNES_NOTE", "PAPER_DEPTHS", "PRESETS", "SYNTHETIC_NOTE", "Preset
 
 @dataclass(frozen=True)
 class PresetRow:
-    """One figure row of a preset: an architecture on a data set with its own settings."""
+    """One figure row of a preset: an architecture on a data set with its own settings.
+
+    Examples
+    --------
+    >>> PresetRow("rn2", "digits", lam_rule="inverse-depth").depths is None  # the preset's depths
+    True
+    """
 
     arch: str
     dataset: str
@@ -33,7 +39,14 @@ class PresetRow:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named sweep: rows plus shared settings (each overridable on the command line)."""
+    """A named sweep: rows plus shared settings (each overridable on the command line).
+
+    Examples
+    --------
+    >>> p = PRESETS["paper-fig2"]
+    >>> [r.arch for r in p.rows], p.depths, len(p.specs())
+    (['rn1', 'rn2', 't11', 't12'], (2, 3, 5, 8, 13, 21, 34), 140)
+    """
 
     name: str
     description: str
@@ -78,7 +91,13 @@ class Preset:
         return out
 
     def notes(self) -> dict[str, str]:
-        """Row name -> note (only rows with a note)."""
+        """Row name -> note (only rows with a note).
+
+        Examples
+        --------
+        >>> PRESETS["paper-fig1"].notes()
+        {}
+        """
         return {default_row_name(r.arch, r.dataset, r.lam_rule): r.note
                 for r in self.rows if r.note}
 
@@ -97,7 +116,13 @@ FORTUNES_NOTE = ("language row: fortunes stands in for IMDB (offline): topic cla
 def language_row() -> PresetRow:
     """The quick preset's language row: pre-LN L-T11 on ``fortunes`` when the Debian package
     is installed (``gufm.data.fortunes_available()``), else on ``synthetic-tokens``, labelled
-    as the fallback."""
+    as the fallback.
+
+    Examples
+    --------
+    >>> language_row().dataset in ("fortunes", "synthetic-tokens")
+    True
+    """
     if fortunes_available():
         return PresetRow("preln-t11", "fortunes", lr=1e-3 * 5, depths=(2, 5, 13),
                          options=(("seq_len", 16),), note=FORTUNES_NOTE)

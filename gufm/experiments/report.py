@@ -66,7 +66,16 @@ def _manifest(folder: Path) -> dict[str, Any]:
 
 def add_derived(wide: Any) -> tuple[Any, list[str]]:
     """Add ``body_regularization``, ``total_regularization`` (when possible) and ``head_gap``
-    to a wide table; return it with notes on what was derived and how."""
+    to a wide table; return it with notes on what was derived and how.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> w, notes = add_derived(pd.DataFrame({"e2e_objective": [0.5], "head_objective": [0.4],
+    ...                                      "gufm_optimum": [0.3]}))
+    >>> float(round(w["body_regularization"][0], 12)), float(round(w["head_gap"][0], 12))
+    (0.1, 0.1)
+    """
     notes: list[str] = []
     cols = set(wide.columns)
     if {"e2e_objective", "head_objective"} <= cols:
@@ -97,7 +106,16 @@ def add_derived(wide: Any) -> tuple[Any, list[str]]:
 
 
 def by_depth(wide: Any, metrics: Sequence[str]) -> Any:
-    """Per (row, depth): count of seeds, mean/std of each metric and of its log10."""
+    """Per (row, depth): count of seeds, mean/std of each metric and of its log10.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> w = pd.DataFrame({"row": "r", "depth": [2, 2], "gap": [1.0, 100.0]})
+    >>> a = by_depth(w, ["gap"])
+    >>> a[["depth", "seeds", "gap_mean", "log10_gap_mean"]].values.tolist()
+    [[2.0, 2.0, 50.5, 1.0]]
+    """
     import pandas as pd
 
     recs = []
@@ -118,7 +136,15 @@ def by_depth(wide: Any, metrics: Sequence[str]) -> Any:
 
 
 def slopes_table(wide: Any, metrics: Sequence[str] = SLOPE_METRICS) -> Any:
-    """Depth slope of every metric in every row (:func:`fit_loglog` over all seeds)."""
+    """Depth slope of every metric in every row (:func:`fit_loglog` over all seeds).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> w = pd.DataFrame({"row": "r", "depth": [1, 2, 4], "gap": [1.0, 0.5, 0.25]})
+    >>> slopes_table(w, ["gap"])[["metric", "slope", "n"]].values.tolist()
+    [['gap', -1.0, 3]]
+    """
     import pandas as pd
 
     recs = []

@@ -79,6 +79,16 @@ class RunSpec:
         result (sorted; see :data:`RESULT_OPTIONS`).
     row : str
         Name of the figure row (architecture/data set group) this run belongs to.
+
+    Examples
+    --------
+    >>> sp = RunSpec("rn2", "digits", depth=4, seed=1, lam_rule="inverse-depth")
+    >>> sp.lam, sp.run_id.startswith("rn2-digits-L4-s1-")
+    (0.00125, True)
+    >>> RunSpec.from_dict(sp.to_dict()) == sp
+    True
+    >>> sp.kwargs()["lam"], sp.config()["row"]
+    (0.00125, 'L-RN2 / digits (lam/L)')
     """
 
     arch: str
@@ -141,7 +151,13 @@ class RunSpec:
 
 def default_row_name(arch: str, dataset: str, lam_rule: str) -> str:
     """Figure-row label of an (architecture, data set, lambda rule) group, e.g.
-    ``"L-RN1 / digits"`` or ``"L-RN2 / digits (lam/L)"``."""
+    ``"L-RN1 / digits"`` or ``"L-RN2 / digits (lam/L)"``.
+
+    Examples
+    --------
+    >>> default_row_name("preln-t12", "fortunes", "const")
+    'pre-LN L-T12 / fortunes'
+    """
     pretty = {"rn1": "L-RN1", "rn2": "L-RN2", "t11": "L-T11", "t12": "L-T12",
               "preln-t11": "pre-LN L-T11", "preln-t12": "pre-LN L-T12"}.get(arch, arch)
     suffix = " (lam/L)" if lam_rule == "inverse-depth" else ""
@@ -198,7 +214,15 @@ def _positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool 
 
 
 def validate_spec(spec: RunSpec) -> None:
-    """Raise :class:`ValueError` naming the offending field when ``spec`` cannot run."""
+    """Raise :class:`ValueError` naming the offending field when ``spec`` cannot run.
+
+    Examples
+    --------
+    >>> validate_spec(RunSpec("rn1", "digits", depth=0, seed=0))
+    Traceback (most recent call last):
+    ...
+    ValueError: depth must be a positive integer, got 0
+    """
     if spec.arch not in ARCH_NAMES:
         raise ValueError(f"arch must be one of {ARCH_NAMES}, got {spec.arch!r}")
     if spec.dataset not in DATASET_NAMES:
@@ -303,7 +327,16 @@ def expand_grid(archs: str | Sequence[str], depths: Iterable[int] = PAPER_DEPTHS
 
 
 def check_specs(specs: Sequence[RunSpec]) -> list[RunSpec]:
-    """Validate a list of runs (non-empty, each valid, no duplicate run ids)."""
+    """Validate a list of runs (non-empty, each valid, no duplicate run ids).
+
+    Examples
+    --------
+    >>> sp = RunSpec("rn1", "digits", depth=2, seed=0)
+    >>> check_specs([sp, sp])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: specs contain duplicate runs: ['rn1-digits-L2-s0-...']
+    """
     specs = list(specs)
     if not specs:
         raise ValueError("specs must not be empty: the sweep has no runs")

@@ -50,6 +50,13 @@ class SweepSummary:
     failed : dict of str to str
         Run id -> error message of runs that raised.
     seconds : float
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> s = SweepSummary(out=Path("x"), total=2, completed=["a"], failed={"b": "ValueError: ..."})
+    >>> s.ok
+    False
     """
 
     out: Path
@@ -73,6 +80,11 @@ def check_data(specs: Sequence[RunSpec], data_root: str | None = None) -> None:
     ------
     FileNotFoundError
         With the loader's message (it names ``gufm data download NAME --dir DIR``).
+
+    Examples
+    --------
+    >>> from gufm.experiments.spec import expand_grid
+    >>> check_data(expand_grid("rn1", [2, 4], [0], "digits"))  # embedded: always there
     """
     seen = set()
     data_keys = ("normalize", "data_seed", "vocab_size", "seq_len", "num_classes")
@@ -136,6 +148,19 @@ def run_sweep(specs: Sequence[RunSpec], out: str | os.PathLike, *, jobs: int = 1
         Empty or invalid specs, ``jobs < 1`` (before any run starts).
     FileNotFoundError
         A data set's files are missing (with ``validate_data``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gufm.experiments.spec import expand_grid
+    >>> from gufm.experiments.testing import toy_run
+    >>> d = tempfile.mkdtemp()
+    >>> specs = expand_grid("rn1", [2, 4], [0, 1])
+    >>> s = run_sweep(specs, d, run_fn=toy_run, progress=False)
+    >>> s.total, len(s.completed), s.ok
+    (4, 4, True)
+    >>> len(run_sweep(specs, d, run_fn=toy_run, progress=False).skipped)  # a rerun resumes
+    4
     """
     t0 = time.perf_counter()
     specs = check_specs(specs)

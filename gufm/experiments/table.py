@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gufm._util import atomic_write_text
-from gufm.experiments.spec import CONFIG_COLUMNS, TABLE_COLUMNS, RunSpec
+from gufm.experiments.spec import CONFIG_COLUMNS, TABLE_COLUMNS, RunSpec, default_row_name
 
 
 def _fmt(v: Any) -> str:
@@ -40,7 +40,15 @@ def _fmt(v: Any) -> str:
 
 
 def run_rows(spec: RunSpec, metrics: dict[str, Any], device: str = "cpu") -> list[dict[str, Any]]:
-    """Long-format rows (one per metric) of a finished run."""
+    """Long-format rows (one per metric) of a finished run.
+
+    Examples
+    --------
+    >>> from gufm.experiments.spec import RunSpec
+    >>> rows = run_rows(RunSpec("rn1", "digits", depth=2, seed=0), {"gap": 0.1, "note": "x"})
+    >>> [(r["depth"], r["metric"], r["value"]) for r in rows]  # non-numeric values are left out
+    [(2, 'gap', 0.1)]
+    """
     cfg = spec.config(device)
     rows = []
     for k, v in metrics.items():
@@ -55,7 +63,21 @@ def run_rows(spec: RunSpec, metrics: dict[str, Any], device: str = "cpu") -> lis
 def write_run(out: str | os.PathLike, spec: RunSpec, metrics: dict[str, Any],
               device: str = "cpu") -> Path:
     """Write one run's rows to ``out/runs/<run_id>.csv`` atomically (temp file, fsync,
-    :func:`os.replace`)."""
+    :func:`os.replace`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gufm.experiments.spec import RunSpec
+    >>> d = tempfile.mkdtemp()
+    >>> sp = RunSpec("rn1", "digits", depth=2, seed=0)
+    >>> write_run(d, sp, {"gap": 0.1}).name == f"{sp.run_id}.csv"
+    True
+    >>> finished_runs(d) == {sp.run_id}
+    True
+    >>> load_table(d)[["depth", "metric", "value"]].values.tolist()
+    [[2, 'gap', 0.1]]
+    """
     runs = Path(out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -69,7 +91,13 @@ def write_run(out: str | os.PathLike, spec: RunSpec, metrics: dict[str, Any],
 
 
 def finished_runs(out: str | os.PathLike) -> set[str]:
-    """Run ids with a complete file in ``out/runs``."""
+    """Run ids with a complete file in ``out/runs``.
+
+    Examples
+    --------
+    >>> finished_runs("/nonexistent/folder")
+    set()
+    """
     runs = Path(out) / "runs"
     if not runs.is_dir():
         return set()
@@ -77,7 +105,18 @@ def finished_runs(out: str | os.PathLike) -> set[str]:
 
 
 def clean_stale_tmp(out: Path) -> None:
-    """Remove temporary files left by a killed writer (whose process no longer exists)."""
+    """Remove temporary files left by a killed writer (whose process no longer exists).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / ".results.csv.999999999.tmp").write_text("partial")  # its writer is gone
+    >>> clean_stale_tmp(d)
+    >>> list(d.iterdir())
+    []
+    """
     for folder in (out, out / "runs"):
         if not folder.is_dir():
             continue
@@ -105,6 +144,11 @@ def load_table(out: str | os.PathLike) -> Any:
 
     Reads the per-run files ``out/runs/*.csv`` (falls back to ``out/results.csv`` when there is
     no ``runs`` folder, e.g. a table copied on its own).  Columns: :data:`TABLE_COLUMNS`.
+
+    Examples
+    --------
+    >>> load_table("/nonexistent/folder").empty
+    True
     """
     import pandas as pd
 
@@ -132,7 +176,14 @@ def load_table(out: str | os.PathLike) -> Any:
 
 
 def write_results(out: str | os.PathLike) -> Path:
-    """Rebuild ``out/results.csv`` from the per-run files (atomic replace)."""
+    """Rebuild ``out/results.csv`` from the per-run files (atomic replace).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> write_results(tempfile.mkdtemp()).read_text().startswith("run_id,arch,dataset")
+    True
+    """
     out = Path(out)
     df = load_table(out)
     path = out / "results.csv"
@@ -143,7 +194,17 @@ def write_results(out: str | os.PathLike) -> Path:
 
 
 def wide_table(df: Any) -> Any:
-    """One row per run, one column per metric (from the long table)."""
+    """One row per run, one column per metric (from the long table).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gufm.experiments.spec import RunSpec
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_run(d, RunSpec("rn1", "digits", depth=3, seed=0), {"gap": 0.2, "nc1": 0.5})
+    >>> wide_table(load_table(d))[["depth", "gap", "nc1"]].values.tolist()
+    [[3.0, 0.2, 0.5]]
+    """
     cfg = [c for c in CONFIG_COLUMNS if c in df.columns]
     return df.pivot_table(index=cfg, columns="metric", values="value",
                           aggfunc="first").reset_index()
@@ -151,11 +212,23 @@ def wide_table(df: Any) -> Any:
 
 def write_manifest(out: Path, specs: Sequence[RunSpec], notes: dict[str, str],
                    meta: dict[str, Any]) -> None:
-    """Write ``out/sweep.json``: the invocation's runs, their figure rows and notes (atomic)."""
+    """Write ``out/sweep.json``: the invocation's runs, their figure rows and notes (atomic).
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> from gufm.experiments.spec import RunSpec
+    >>> d = Path(tempfile.mkdtemp())
+    >>> write_manifest(d, [RunSpec("rn1", "digits", depth=2, seed=0)], {}, {"jobs": 1})
+    >>> list(json.loads((d / "sweep.json").read_text())["rows"])
+    ['L-RN1 / digits']
+    """
     rows: dict[str, dict[str, Any]] = {}
     for sp in specs:
-        r = rows.setdefault(sp.row, {"arch": sp.arch, "dataset": sp.dataset,
-                                     "lam_rule": sp.lam_rule, "note": notes.get(sp.row, "")})
+        row = sp.row or default_row_name(sp.arch, sp.dataset, sp.lam_rule)  # as in its rows
+        r = rows.setdefault(row, {"arch": sp.arch, "dataset": sp.dataset,
+                                     "lam_rule": sp.lam_rule, "note": notes.get(row, "")})
         r.setdefault("run_ids", []).append(sp.run_id)
     payload = {"version": 1, "meta": meta, "rows": rows,
                "runs": [sp.to_dict() | {"run_id": sp.run_id} for sp in specs]}
