@@ -15,7 +15,15 @@ import numpy as np
 
 @contextmanager
 def limit_threads(n: int | None):
-    """Temporarily limit BLAS (threadpoolctl) and torch threads to ``n`` (``None``: no change)."""
+    """Temporarily limit BLAS (threadpoolctl) and torch threads to ``n`` (``None``: no change).
+
+    Examples
+    --------
+    >>> import torch
+    >>> with limit_threads(1):
+    ...     torch.get_num_threads()
+    1
+    """
     if n is None:
         yield
         return
