@@ -1,6 +1,6 @@
 """Reduced-problem gradient solver: L-BFGS over (W, b, one feature per group) in float64.
 
-The reduced problem (spec section 2) has one feature per group, so its size is
+The reduced problem (docs/reduction.md) has one feature per group, so its size is
 ``O((K + G) p)`` whatever N is.  Rotation invariance lets us solve in ``p <= m`` dimensions
 (``m = d - 1`` for ``layernorm``, else ``d``) and embed the solution in ``R^d`` with an
 orthonormal basis of the feature subspace; ``p`` starts at ``min(m, K + 1)`` and grows by
