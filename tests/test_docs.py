@@ -340,3 +340,15 @@ def test_metrics_page_table_of_what_vanishes_at_the_optimum() -> None:
     for name in ("nc1", "nc1_trace_ratio", "nc1_cdnv", "nc4", "gufm_distance"):
         assert imb[name] < 1e-8, name
     assert imb["nc2_means"] > 0.4 and imb["nc3"] > 1e-3
+
+
+def test_package_cites_docs_pages_not_the_spec_or_issues() -> None:
+    """Docstrings refer to docs/<page>.md (which ships); never to the spec or an issue number."""
+    stale = re.compile(r"spec(?:ification)?\s+sections?\s+\d|shared/spec|GUFM\.md|\bissues?\s*#?\d+",
+                       re.I)
+    bad = []
+    for path in sorted((ROOT / "gufm").rglob("*.py")):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if stale.search(line):
+                bad.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not bad, "\n".join(bad)
