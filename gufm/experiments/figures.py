@@ -155,20 +155,22 @@ def rows_title(rows: Sequence[str]) -> str:
     return ", ".join(rows)
 
 
-def suptitle(fig: Any, text: str, width_in: float) -> None:
-    """A figure title wrapped to the figure's width (``width_in`` inches at 11 pt).
+def suptitle(fig: Any, text: str, width_in: float) -> int:
+    """A figure title wrapped to the figure's width (``width_in`` inches at 11 pt); returns its
+    number of lines.
 
     Examples
     --------
     >>> fig = pyplot().figure(figsize=(4, 3))
-    >>> suptitle(fig, "a long title " * 10, 4)
-    >>> len(fig._suptitle.get_text().splitlines()) > 1
+    >>> suptitle(fig, "a long title " * 10, 4) == len(fig._suptitle.get_text().splitlines()) > 1
     True
     >>> pyplot().close(fig)
     """
     import textwrap
 
-    fig.suptitle(textwrap.fill(text, max(40, int(width_in * 11))), fontsize=11)
+    wrapped = textwrap.fill(text, max(40, int(width_in * 11)))
+    fig.suptitle(wrapped, fontsize=11)
+    return len(wrapped.splitlines())
 
 
 def format_slope(f: dict[str, Any] | None) -> str:
@@ -237,10 +239,10 @@ def plot_nc(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], path: Path) -
             depth_axis(ax, sorted(a["depth"].unique()))
             ax.set_ylabel(f"{title} (log scale)", fontsize=9)
             ax.grid(alpha=0.3, which="both")
-    suptitle(fig, f"Neural collapse against depth: {rows_title(rows)} "
-             "(mean ± std of log10 over seeds)", 11)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.6 / h, top=1 - 1.1 / h, wspace=0.36,
-                        hspace=0.75)
+    lines = suptitle(fig, f"Neural collapse against depth: {rows_title(rows)} "
+                     "(mean ± std of log10 over seeds)", 11)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.6 / h, top=1 - (0.65 + 0.2 * lines) / h,
+                        wspace=0.36, hspace=0.75)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -289,9 +291,9 @@ def plot_loglog(wide: Any, agg: Any, slopes: Any, rows: Sequence[str], metrics: 
         ax.set_ylabel(f"{labels[j] if j < len(labels) else m} (log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    suptitle(fig, f"{title}: {rows_title(rows)}", max(7.0, 5.6 * k))
-    fig.subplots_adjust(left=0.14 if k < 2 else 0.1, right=0.98, bottom=0.12, top=0.84,
-                        wspace=0.3)
+    lines = suptitle(fig, f"{title}: {rows_title(rows)}", max(7.0, 5.6 * k))
+    fig.subplots_adjust(left=0.14 if k < 2 else 0.1, right=0.98, bottom=0.12,
+                        top=1 - (0.3 + 0.2 * lines) / 4.8, wspace=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
