@@ -4,6 +4,7 @@ soft-label GUFM in gufm.compare, on small fortune files written by the tests."""
 from __future__ import annotations
 
 import importlib
+import types
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,19 @@ def test_fortunes_next_sampling(tmp_path):
 
 
 # ----------------------------------------------------------------------------- soft labels
-def test_tied_soft_labels_against_a_loop():
+class _CollidingHash:
+    """Every input gets the same digest: ties must still be exact."""
+
+    @staticmethod
+    def blake2b(data, digest_size):
+        return types.SimpleNamespace(digest=lambda: b"0" * digest_size)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_tied_soft_labels_against_a_loop(monkeypatch, collide):
+    if collide:
+        monkeypatch.setattr(importlib.import_module("gufm.deep.data.ties"), "hashlib",
+                            _CollidingHash)
     rng = np.random.default_rng(0)
     X = rng.integers(0, 3, size=(60, 2))
     y = rng.integers(0, 4, size=60)

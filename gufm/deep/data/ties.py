@@ -17,6 +17,7 @@ the squared loss the two differ by the constant :math:`\tfrac{n_u}2(1 - \lVert q
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ class TiedLabels:
         Row ``i`` is :math:`q_{x_i}`, the label distribution of sample ``i``'s input; ``None``
         when no input occurs with two different labels (then the hard labels are exact).
     inverse : ndarray of int (N,)
-        Index of every sample's distinct input (distinct inputs in sorted order).
+        Index of every sample's distinct input.
     distinct : int
         Number of distinct inputs.
     conflicting : int
@@ -51,6 +52,28 @@ class TiedLabels:
     inverse: np.ndarray
     distinct: int
     conflicting: int
+
+
+def _distinct_rows(rows: np.ndarray) -> np.ndarray:
+    """Index of every row's distinct row (numbered in order of first occurrence), exact.
+
+    Rows are bucketed by a 128-bit BLAKE2b digest of their bytes (O(N) memory, no copy of the
+    data), and every row is compared with its bucket's first row: on a digest collision the
+    rows are grouped by ``numpy.unique`` instead, so two different inputs are never tied.
+    """
+    first: dict[bytes, int] = {}
+    inverse = np.empty(rows.shape[0], dtype=np.int64)
+    reps: list[int] = []
+    for i in range(rows.shape[0]):
+        row = np.ascontiguousarray(rows[i])
+        key = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+        j = first.setdefault(key, len(reps))
+        if j == len(reps):
+            reps.append(i)
+        elif not np.array_equal(rows[reps[j]], row):  # a 128-bit digest collision
+            return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        inverse[i] = j
+    return inverse
 
 
 def tied_soft_labels(X: Any, y: Any, num_classes: int) -> TiedLabels:
@@ -94,9 +117,7 @@ def tied_soft_labels(X: Any, y: Any, num_classes: int) -> TiedLabels:
         raise ValueError(f"y: labels must lie in 0..{K - 1}, got {int(yn.min())}..{int(yn.max())}")
     if N == 0:
         return TiedLabels(None, np.zeros(0, np.int64), 0, 0)
-    rows = np.ascontiguousarray(Xn.reshape(N, -1))
-    _, inverse = np.unique(rows, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1).astype(np.int64)
+    inverse = _distinct_rows(Xn.reshape(N, -1))
     M = int(inverse.max()) + 1
     C = np.zeros((M, K))
     np.add.at(C, (inverse, yn), 1.0)
