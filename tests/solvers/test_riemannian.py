@@ -146,3 +146,16 @@ def test_unsupported_and_bad_inputs_raise():
         ReducedManifold(prob, 2).from_flat(np.zeros(3))
     with pytest.raises(ValueError, match="p >= K"):
         frame_start(gufm.GUFM(counts=[2, 3, 4], dim=3, loss="mse"), 2)
+
+
+def test_float32_hessian_products_reach_the_same_certified_point():
+    """mixed=True (float32 products in the inexact Newton step) changes the path, not the end."""
+    K = 15
+    prob = gufm.GUFM(counts=100 + np.arange(K), dim=K + 1, lam_W=5e-3)
+    man = ReducedManifold(prob, K)
+    x0 = man.to_flat(man.random_point(np.random.default_rng(6)))
+    exact = trust_region(prob, K, x0, mixed=False)
+    mixed = trust_region(prob, K, x0, mixed=True)
+    assert mixed.message == exact.message == "gradient tolerance reached"
+    assert mixed.fun == pytest.approx(exact.fun, rel=1e-11)
+    assert mixed.grad_norm <= 1e-11 * max(1.0, mixed.fun)
