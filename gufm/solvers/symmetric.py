@@ -238,7 +238,7 @@ def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: i
     ((6, 6), (6, 6), 2)
     """
     types = class_types(prob)
-    if types is None or types.T > 0.75 * prob.K:  # too few ties to pay off
+    if types is None or types.T > 0.5 * prob.K:  # too few ties to pay off (vs trust regions)
         return None
     q = shared_dim(prob, types)
     if q < 1:
