@@ -114,6 +114,16 @@ class TrustRegionResult:
         Hessian-vector products (inner conjugate-gradient iterations).
     message : str
         Why it stopped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gufm.model.problem import GUFM
+    >>> prob = GUFM(counts=[2, 2, 2], dim=4, lam_W=0.1)
+    >>> man = ReducedManifold(prob, 3)
+    >>> res = trust_region(prob, 3, man.to_flat(man.random_point(np.random.default_rng(0))))
+    >>> res.x.shape, res.message, bool(res.grad_norm <= 1e-11 * max(1.0, res.fun))
+    ((18,), 'gradient tolerance reached', True)
     """
 
     x: np.ndarray
