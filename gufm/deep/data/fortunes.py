@@ -161,6 +161,14 @@ def find_fortunes(root: str | os.PathLike | None, categories: Sequence[str]) -> 
     ------
     DatasetNotFoundError
         One line: the folders searched, which categories they lack and what to install/pass.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "art").write_text("a fortune")
+    >>> find_fortunes(d, ["art"]) == d
+    True
     """
     dirs = fortune_dirs(root)
     for d in dirs:

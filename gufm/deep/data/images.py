@@ -71,7 +71,17 @@ def normalize_images(X: np.ndarray, how: str, scale: float) -> np.ndarray:
 
 def check_labels(y: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
     """``y`` as int64 when every label lies in ``0..num_classes-1``; else a one-line
-    :class:`DatasetError` naming ``path`` and the first bad label."""
+    :class:`DatasetError` naming ``path`` and the first bad label.
+
+    Examples
+    --------
+    >>> check_labels(np.array([0, 2, 1], dtype=np.uint8), 3, Path("labels.idx")).dtype
+    dtype('int64')
+    >>> check_labels(np.array([0, 5]), 3, Path("labels.idx"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gufm.deep.data.base.DatasetError: labels.idx: label 5 at position 1 is outside 0..2 ...
+    """
     y = np.asarray(y)
     bad = np.flatnonzero((y < 0) | (y >= num_classes)) if y.size else np.zeros(0, int)
     if bad.size:
@@ -229,6 +239,16 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     DatasetError
         One line naming the file: hostile or corrupt pickle, missing keys, wrong sizes,
         labels outside ``0..9``.
+
+    Examples
+    --------
+    >>> import pickle, tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "data_batch_1"
+    >>> batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 7]}
+    >>> _ = p.write_bytes(pickle.dumps(batch, protocol=2))
+    >>> X, y = read_cifar_batch(p)
+    >>> X.shape, X.dtype, y.tolist()
+    ((2, 3, 32, 32), dtype('uint8'), [3, 7])
     """
     path = Path(path)
     batch = load_data_pickle(path)

@@ -81,7 +81,15 @@ def word_token_dataset(name: str, docs: Sequence[Sequence[str]], y: np.ndarray,
                        classes: list[str], vocab_size: int, seq_len: int,
                        vocab: Sequence[str] | None, info: dict) -> Dataset:
     """A ``kind="tokens"`` :class:`Dataset` of word documents (the scheme of the module
-    docstring); ``vocab`` (e.g. a training split's ``info["vocab"]``) overrides building one."""
+    docstring); ``vocab`` (e.g. a training split's ``info["vocab"]``) overrides building one.
+
+    Examples
+    --------
+    >>> ds = word_token_dataset("toy", [["good", "film"], ["bad", "film", "bad"]], np.array([1, 0]),
+    ...                         ["neg", "pos"], vocab_size=10, seq_len=4, vocab=None, info={})
+    >>> ds.info["vocab"], ds.X.tolist()                 # padded with <pad> = 0
+    (['<pad>', '<unk>', 'bad', 'film', 'good'], [[4, 3, 0, 0], [2, 3, 2, 0]])
+    """
     vocab_list = list(vocab) if vocab is not None else build_vocab(docs, vocab_size)
     if vocab_list[:2] != ["<pad>", "<unk>"]:
         raise ValueError("vocab must start with '<pad>', '<unk>' (ids 0 and 1)")
