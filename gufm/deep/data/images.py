@@ -94,7 +94,16 @@ def check_labels(y: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
 def image_dataset(name: str, X: np.ndarray, y: np.ndarray, K: int, classes: list[str],
                   n_per_class: int | None, seed: int, normalize: str, scale: float,
                   info: dict[str, Any]) -> Dataset:
-    """The class-balanced, normalised :class:`Dataset` of images ``X`` (N, C, H, W)."""
+    """The class-balanced, normalised :class:`Dataset` of images ``X`` (N, C, H, W).
+
+    Examples
+    --------
+    >>> X = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1) * np.ones((1, 1, 2, 2), np.uint8)
+    >>> ds = image_dataset("toy", X, np.array([0, 1, 0, 1]), 2, ["a", "b"], None, 0, "none",
+    ...                    255.0, {})
+    >>> tuple(ds.X.shape), ds.y.tolist(), ds.image_shape
+    ((4, 1, 2, 2), [0, 0, 1, 1], (1, 2, 2))
+    """
     idx = balanced_indices(y, n_per_class, seed, K)
     Xs = normalize_images(X[idx], normalize, scale)
     info = dict(info, seed=seed, n_per_class=n_per_class, indices_sha=digest(idx))
@@ -180,7 +189,22 @@ def load_idx_dataset(name: str, root: str | os.PathLike | None = None, *,
                      n_per_class: int | None = None, seed: int = 0, split: str = "train",
                      normalize: str = "feature") -> Dataset:
     """MNIST-format data (``mnist``, ``fashion-mnist``) from IDX files (images
-    ``(n, H, W)`` uint8, labels ``(n,)`` in ``0..9``)."""
+    ``(n, H, W)`` uint8, labels ``(n,)`` in ``0..9``).
+
+    Examples
+    --------
+    Two tiny IDX files (magic ``0 0 0x08 ndim``, big-endian dimensions, then the bytes):
+
+    >>> import struct, tempfile
+    >>> def idx(a):
+    ...     return bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}i", *a.shape) + a.tobytes()
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "train-images-idx3-ubyte").write_bytes(idx(np.zeros((20, 4, 4), np.uint8)))
+    >>> _ = (d / "train-labels-idx1-ubyte").write_bytes(idx(np.repeat(np.arange(10, dtype=np.uint8), 2)))
+    >>> ds = load_idx_dataset("mnist", d, n_per_class=1)
+    >>> tuple(ds.X.shape), ds.y.tolist()
+    ((10, 1, 4, 4), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
     prefix = {"train": "train", "test": "t10k"}[check_split(split)]
     fx = _find_idx(name, root, f"{prefix}-images-idx3-ubyte")
     fy = _find_idx(name, root, f"{prefix}-labels-idx1-ubyte")
