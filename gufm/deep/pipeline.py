@@ -217,11 +217,12 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     Depths are run in increasing order.  At depth :math:`L_i` (:math:`i > 0`) the best
     network of :math:`L_{i-1}` (lowest e2e objective among its fresh and continued runs) is
     deepened (:func:`gufm.deep.continuation.deepen`): compared as is (``"split"``, an upper
-    bound for free), then trained with ``continue_epochs`` Adam epochs at the peak learning
-    rate ``continue_lr`` (default ``lr / 10``) and the polish (``"continued"``).  The default
-    ``continue_epochs=0`` is the polish alone, which never ends above the split network
-    (Adam restarted at a good point first moves every coordinate by about its learning rate,
-    and measured on tiny runs it ended above the split network).  The first
+    bound for free), then trained with ``continue_epochs`` Adam epochs (default
+    ``epochs // 4``) at the peak learning rate ``continue_lr`` (default ``lr / 10``) and the
+    polish (``"continued"``).  ``continue_epochs=0`` is the polish alone, which never ends
+    above the split network but rarely leaves it: the split network sits at the ReLU kinks of
+    the shallower one.  Measured (L-RN1, digits, width 32, N = 300, L = 2 -> 4): polish only
+    gap 0.0139, 250 Adam epochs at lr/10 + polish 0.0124, a fresh run 0.0122.  The first
     depth has only ``"fresh"`` (and a continued chain starts from it); ``fresh=False``
     skips the fresh runs after the first depth, and so do depths above ``fresh_max_depth``
     (deep networks by continuation only).
@@ -263,7 +264,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     depths = sorted({int(d) for d in depths})
     if not depths:
         raise ValueError("depths must not be empty")
-    cont = 0 if continue_epochs is None else int(continue_epochs)
+    cont = max(1, int(epochs) // 4) if continue_epochs is None else int(continue_epochs)
     c_lr = float(lr) / 10 if continue_lr is None else float(continue_lr)
     data_kw = {k: kw.pop(k) for k in DATA_OPTIONS if k in kw}
     model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}

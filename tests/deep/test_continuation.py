@@ -83,7 +83,7 @@ def test_split_counts_and_errors():
 @pytest.mark.parametrize("loss", ["ce", "mse"])
 def test_chain_records_three_runs_and_bounds(loss):
     rows = continuation_chain("rn1", [1, 2, 4], 8, "digits", 2, 4, 0.01, 0.01, 0, loss=loss,
-                              polish_steps=10, fresh_max_depth=2)
+                              polish_steps=10, fresh_max_depth=2, continue_epochs=0)
     kinds = [(r["depth"], r["kind"]) for r in rows]
     assert kinds == [(1, "fresh"), (2, "fresh"), (2, "split"), (2, "continued"),
                      (4, "split"), (4, "continued")]
