@@ -174,7 +174,7 @@ def full_gradient(quick: bool) -> dict[str, Any]:
             res, sec = _run_full(small, opt, lr, target_iters, target)
             v = res.value if math.isfinite(res.value) else math.inf
             grid.append({"lr": lr, "seconds": sec, "value": v, "reached": bool(v <= target),
-                         "rel_error": rel(v, ref.value), "iterations": res.info.get("iterations"),
+                         "rel_error": rel(v, ref.value), "iterations": res.iterations,
                          "stop": res.stop_reason, "lower_bound": res.lower_bound})
         hit = [g for g in grid if g["reached"]]
         best = min(hit, key=lambda g: g["seconds"]) if hit else min(grid, key=lambda g: g["value"])
@@ -203,7 +203,7 @@ def full_gradient(quick: bool) -> dict[str, Any]:
     for opt in grids:
         res, sec = _run_full(big, opt, best_lr[opt], maxiter, target)
         reached = bool(res.value <= target)
-        nit = int(res.info.get("iterations") or 0)
+        nit = int(res.iterations or 0)
         small_it = out["small"][opt]["iterations"] if out["small"][opt]["reached"] else None
         out["headline"][opt] = {
             "lr": best_lr[opt], "seconds": sec, "value": res.value,

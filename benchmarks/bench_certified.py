@@ -94,7 +94,7 @@ def series(kind: str, loss: str, Ks: list[int], cap: float, repeats: int,
             "certified": res.certified, "gap": res.gap, "value": res.value,
             "lower_bound": res.lower_bound, "method": res.method, "stop": res.stop_reason,
             "symmetry_reduced": bool(res.info.get("symmetry_reduced", False)),
-            "iterations": res.info.get("iterations")}
+            "iterations": res.iterations}
         done_K.append(K)
         done_s.append(sec)
         msg = (f"  {kind} {loss} K={K}: {sec:.3f} s (cpu {cpu:.3f} s) certified={res.certified}"
