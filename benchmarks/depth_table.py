@@ -112,6 +112,8 @@ STUDY_ROWS = (
     ("L-RN1 / fashion-mnist", "rn1", "fashion-mnist", 100, "const", (0, 1, 2), (2, 3, 5, 8), 8),
     ("L-RN2 / fashion-mnist (lam/L)", "rn2", "fashion-mnist", 100, "inverse-depth", (0, 1, 2),
      (2, 3, 5, 8), 8),
+    ("L-T11 / fashion-mnist (14x14 patches)", "t11", "fashion-mnist", 100, "const", (0,),
+     (2, 3, 5), 5, {"patch_size": 14}),
 )
 #: scaled to a shared 2-core machine (issue 13 asks for 5000 epochs, depths to 34/89, 5 seeds)
 STUDY_SETTINGS = dict(width=64, lam=0.005, lr=0.005, epochs=200, polish_steps=200,
@@ -136,10 +138,11 @@ def study_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     ds = _load(task["dataset"], task["n_per_class"])
     st = task["settings"]
-    kw = dict(polish_steps=st["polish_steps"])
+    kw = dict(polish_steps=st["polish_steps"]) | dict(task.get("options", {}))
     t0 = time.perf_counter()
     ref = embedding_only(ds, st["width"], lam=st["lam"], loss=st["loss"], lr=st["lr"],
-                         epochs=st["epochs"], seed=task["seed"], **kw)
+                         epochs=st["epochs"], seed=task["seed"],
+                         polish_steps=st["polish_steps"])
     rows = [dict(ref, depth=0, kind="embedding-only", lam=st["lam"], best=True)]
     rows += continuation_chain(task["arch"], task["depths"], st["width"], ds, None,
                                st["epochs"], st["lam"], st["lr"], task["seed"], st["loss"],
@@ -176,11 +179,12 @@ def run_study(out: str, *, jobs: int = 2, max_minutes: float = 35.0,
             done.add((r["row"], r["seed"]))
     tasks = []
     for seed in range(max(len(r[5]) for r in rows)):
-        for label, arch, dataset, n, rule, seeds, depths, fmax in rows:
+        for label, arch, dataset, n, rule, seeds, depths, fmax, *opts in rows:
             if seed < len(seeds) and (label, seeds[seed]) not in done:
                 tasks.append(dict(row=label, arch=arch, dataset=dataset, n_per_class=n,
                                   lam_rule=rule, seed=seeds[seed], depths=list(depths),
-                                  fresh_max_depth=fmax, settings=STUDY_SETTINGS))
+                                  fresh_max_depth=fmax, settings=STUDY_SETTINGS,
+                                  options=opts[0] if opts else {}))
     t0 = time.perf_counter()
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
@@ -236,7 +240,15 @@ def render_study(out: str) -> str:
           "L-BFGS polish; continuation: the best network of the previous depth split "
           "(`split`), then polished (`continued`, never above `split`). "
           "`best e2e` is the lowest of fresh/split/continued; `conv` counts the seeds whose "
-          "best run met the gradient criterion (grad norm <= 1e-4).", ""]
+          "best run met the gradient criterion (grad norm <= 1e-4).", "",
+          "Scaled down to a shared 2-core machine (load ~10, `nice`), against the issue's "
+          "protocol: 200 Adam epochs + 200 L-BFGS iterations (not 5000 epochs), fresh runs at "
+          "depths 2..8 (L-RN1 on digits continued to 21 by splitting; not 34, 55, 89), 3 seeds "
+          "(not 5), continuation = split + polish only (the library default is now "
+          "epochs/4 Adam epochs at lr/10 + polish, decided after this study had started). "
+          "No run met the gradient criterion: every gap is an upper bound. The L = 0 row is "
+          "the linear embedding of the flattened input + LayerNorm + classifier at "
+          "lam = 0.005 (for the lam/L rows the GUFM optimum itself falls with L).", ""]
     slopes: dict[str, Any] = {}
     for label in dict.fromkeys(r["row"] for r in runs):
         rr = [r for r in runs if r["row"] == label]
@@ -291,16 +303,33 @@ def render_study(out: str) -> str:
                 ss.append(slope([p[0] for p in pts], [p[1] for p in pts]))
         mean = float(np.mean(ss)) if ss else math.nan
         se = float(np.std(ss, ddof=1) / math.sqrt(len(ss))) if len(ss) > 1 else math.nan
+        nc = []
+        for s in seeds:
+            pts = [(L, per_seed_best[L][s]["nc1"]) for L in dpos if s in per_seed_best.get(L, {})]
+            if len(pts) >= 2:
+                nc.append(slope([p[0] for p in pts], [p[1] for p in pts]))
+        nc_mean = float(np.mean(nc)) if nc else math.nan
+        nc_se = float(np.std(nc, ddof=1) / math.sqrt(len(nc))) if len(nc) > 1 else math.nan
         grows = bool(len(loc) and np.nanmean(loc[-2:]) > 0)
         slopes[label] = {"gap_slope_mean": mean, "gap_slope_se": se, "per_seed": ss,
+                         "nc1_slope_mean": nc_mean, "nc1_slope_se": nc_se,
                          "local_slopes": loc, "depths": dpos, "gap_grows_with_depth": grows,
                          "embedding_alone_reaches_gufm": N <= rank}
         md += ["", f"log-log slope of the best gap over L = {dpos[0]}..{dpos[-1]}: "
                    f"{mean:+.3f} +- {se:.3f} (mean +- standard error over {len(ss)} seeds); "
                    f"local slopes at the deepest depths: "
-                   + ", ".join(f"{v:+.2f}" for v in loc[-2:])]
+                   + ", ".join(f"{v:+.2f}" for v in loc[-2:])
+               + f"; NC1 slope of the best networks {nc_mean:+.3f} +- {nc_se:.3f}."]
         if grows:
             md += ["", "**FLAG: the gap grows with depth at the deepest depths of this row.**"]
+        share = [np.mean([r["body_penalty"] / r["gap"] for r in per_seed_best[L].values()
+                          if r["gap"] > 0]) for L in dpos]
+        if share and max(share) < 0.01:
+            md += ["", "**FLAG: the blocks are switched off (body regularisation below 1% of "
+                       "the gap at every depth): the networks are about the embedding alone, "
+                       "and the row's trend comes from the GUFM optimum at lam/L and the "
+                       "head, not from building features with depth.**"]
+        slopes[label]["blocks_switched_off"] = bool(share and max(share) < 0.01)
         md.append("")
     (folder / "study.md").write_text("\n".join(md) + "\n")
     (folder / "slopes.json").write_text(json.dumps(slopes, indent=1) + "\n")
