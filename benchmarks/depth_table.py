@@ -1,5 +1,8 @@
 """Depth table (issue 4): L-RN1 on the digits trained to its optimum, against the GUFM.
 
+    python -m benchmarks.depth_table study [--out DIR] [--jobs 2] [--max-minutes 35]
+    python -m benchmarks.depth_table render [--out DIR]
+    python -m benchmarks.depth_table closing [FILE.json]
     python -m benchmarks.depth_table [--depths 2 5 13 34] [--n-per-class 50] [--epochs 2000]
         [--polish-steps 1000] [--width 64] [--lam 0.005] [--lr 0.005] [--seed 0] [--jobs 2]
         [--arch rn1] [--dataset digits] [--device cpu] [--out FILE.json]
@@ -358,12 +361,42 @@ def render_study(out: str) -> str:
     return "\n".join(md)
 
 
+def closing_note(out: str) -> dict[str, Any]:
+    """Issue 13's closing-note measurement: L-RN1 on digits, width 32, 30 per class,
+    lam = 0.005, seed 0, all defaults; fresh runs at L = 2, 4, 8, 16, 32 and the continuation
+    chain from L = 2 (``fresh=False``); written to ``out`` as JSON."""
+    import json
+
+    import torch
+
+    from gufm.deep.data import load_dataset
+    from gufm.deep.pipeline import continuation_chain, train_and_compare
+
+    torch.set_num_threads(1)
+    ds = load_dataset("digits", n_per_class=30, seed=0)
+    res: dict[str, Any] = {"fresh": [], "chain": []}
+    for L in (2, 4, 8, 16, 32):
+        res["fresh"].append(dict(train_and_compare("rn1", L, 32, ds, None, 1000, 0.005, 0.005,
+                                                   0), depth=L))
+    res["chain"] = continuation_chain("rn1", [2, 4, 8, 16, 32], 32, ds, None, 1000, 0.005,
+                                      0.005, 0, fresh=False)
+    Path_ = __import__("pathlib").Path
+    Path_(out).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     import sys
 
     from benchmarks._common import write_json
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "closing":
+        res = closing_note(argv[1] if len(argv) > 1 else "closing_note.json")
+        for r in res["fresh"] + res["chain"]:
+            print(r["depth"], r.get("kind", "fresh"), f"gap {r['gap']:.5f}",
+                  f"converged {r['converged']}", r["stop_reason"])
+        return 0
     if argv and argv[0] in ("study", "render"):
         q = argparse.ArgumentParser(description="the committed depth study")
         q.add_argument("cmd")
