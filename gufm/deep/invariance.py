@@ -249,3 +249,20 @@ def gradient_norms(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: 
     model.zero_grad(set_to_none=True)
     return {"grad_norm": math.sqrt(rest + red), "grad_norm_exact": math.sqrt(rest + exact),
             "grad_norm_rest": math.sqrt(rest), "by_param": by_param}
+
+
+def gradient_norm(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: str = "ce",
+                  chunk_size: int | None = None) -> float:
+    r""":math:`\lVert\nabla_\theta\mathcal L\rVert_2` of the exact objective over all parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = torch.nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.zero_()
+    >>> gradient_norm(m, torch.zeros(2, 2), torch.tensor([0, 1]), lam=0.1)
+    0.0
+    """
+    return float(gradient_norms(model, X, y, lam=lam, loss=loss, chunk_size=chunk_size,
+                                scale_invariant="penalize")["grad_norm_exact"])

@@ -12,6 +12,8 @@ the loss (not an optimiser's ``weight_decay``).  See docs/training.md, section 1
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -110,3 +112,15 @@ def full_objective(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: 
     pen_v = float(pen.detach()) if isinstance(pen, Tensor) else float(pen)
     return {"objective": total_loss + pen_v, "loss": total_loss, "penalty": pen_v,
             "accuracy": correct / N}
+
+
+def clone_double(model: nn.Module) -> nn.Module:
+    """A float64 deep copy of ``model`` (for exact evaluation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> next(clone_double(torch.nn.Linear(2, 2)).parameters()).dtype
+    torch.float64
+    """
+    return copy.deepcopy(model).double()

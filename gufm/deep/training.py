@@ -33,7 +33,6 @@ a run resumed from a checkpoint ends in exactly the state of an uninterrupted ru
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -45,11 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from gufm.deep.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gufm.deep.invariance import (
     SCALE_MODES,
+    gradient_norm,
     gradient_norms,
     invariant_groups,
     reference_norm,
@@ -58,7 +58,7 @@ from gufm.deep.invariance import (
     shrink_groups,
     shrink_invariant,
 )
-from gufm.deep.objective import data_loss, full_objective, param_penalty
+from gufm.deep.objective import clone_double, data_loss, full_objective, param_penalty
 from gufm.deep.polish import GTOL
 from gufm.deep.polish import polish as run_polish
 from gufm.model.losses import check_loss
@@ -72,23 +72,6 @@ __all__ = [
 SCHEDULES = ("cosine", "constant", "linear")
 POLISH = ("lbfgs", "none", None)
 CHECKPOINT_VERSION = 2
-
-
-def gradient_norm(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: str = "ce",
-                  chunk_size: int | None = None) -> float:
-    r""":math:`\lVert\nabla_\theta\mathcal L\rVert_2` of the exact objective over all parameters.
-
-    Examples
-    --------
-    >>> import torch
-    >>> m = torch.nn.Linear(2, 2, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = m.weight.zero_()
-    >>> gradient_norm(m, torch.zeros(2, 2), torch.tensor([0, 1]), lam=0.1)
-    0.0
-    """
-    return float(gradient_norms(model, X, y, lam=lam, loss=loss, chunk_size=chunk_size,
-                                scale_invariant="penalize")["grad_norm_exact"])
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: float, final: float) -> float:
@@ -498,15 +481,3 @@ def train(
                        adam_steps=epoch0 * steps_per_epoch, polish_iters=polish_iters,
                        epochs_done=epoch0, completed=not stopped,
                        seconds=time.perf_counter() - t0, history=history, config=config)
-
-
-def clone_double(model: nn.Module) -> nn.Module:
-    """A float64 deep copy of ``model`` (for exact evaluation).
-
-    Examples
-    --------
-    >>> import torch
-    >>> next(clone_double(torch.nn.Linear(2, 2)).parameters()).dtype
-    torch.float64
-    """
-    return copy.deepcopy(model).double()
