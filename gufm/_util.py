@@ -1,5 +1,5 @@
-"""Small shared utilities, one implementation each for the whole package: thread limits,
-atomic file writes and log-log fits."""
+"""Small shared utilities, one implementation each for the whole package: validators, thread
+limits, atomic file writes and log-log fits."""
 
 from __future__ import annotations
 
@@ -11,6 +11,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ``ValueError`` naming ``name``.
+
+    Examples
+    --------
+    >>> check_choice("loss", "mse", ("ce", "mse"))
+    'mse'
+    >>> check_choice("loss", "hinge", ("ce", "mse"))
+    Traceback (most recent call last):
+    ...
+    ValueError: loss must be one of ('ce', 'mse'), got 'hinge'
+    """
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+from gufm._util import check_choice
 from gufm.backend import Array, logsumexp, softmax, xlogx
 
 LOSSES = ("ce", "mse")
@@ -36,9 +37,7 @@ def check_loss(loss: str) -> str:
     ...
     ValueError: loss must be one of ('ce', 'mse'), got 'hinge'
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    return loss
+    return check_choice("loss", loss, LOSSES)
 
 
 def per_column_loss(loss: str, Z: Array, Q: Array) -> Array:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gufm._util import check_choice
+
 SPLITS = ("train", "test")
 
 #: id of the padding token and of the out-of-vocabulary token in the word-token datasets
@@ -252,9 +254,7 @@ def check_split(split: str) -> str:
     ...
     ValueError: split must be one of ('train', 'test'), got 'validation'
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return split
+    return check_choice("split", split, SPLITS)
 
 
 def digest(a: np.ndarray) -> str:
