@@ -219,7 +219,19 @@ class RN2Block(nn.Module):
         return layernorm(x + self.mlp(x), self.ln_eps)
 
 
-class PostLNBlock(nn.Module):
+class _TransformerBlock(nn.Module):
+    """Shared parameters of the transformer blocks: one :class:`Attention` and one :class:`MLP`
+    of ``width``; subclasses define where the LayerNorm goes in ``forward``."""
+
+    def __init__(self, width: int, mlp_layers: int = 1, hidden: int | None = None,
+                 ln_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.attn = Attention(width)
+        self.mlp = MLP(width, mlp_layers, hidden)
+        self.ln_eps = ln_eps
+
+
+class PostLNBlock(_TransformerBlock):
     r"""Post-LN transformer block (L-T11 with ``mlp_layers=1``, L-T12 with 2).
 
     :math:`x \leftarrow \operatorname{LN}(x + \mathrm{Attn}(x))`, then
@@ -232,19 +244,12 @@ class PostLNBlock(nn.Module):
     torch.Size([2, 5, 4])
     """
 
-    def __init__(self, width: int, mlp_layers: int = 1, hidden: int | None = None,
-                 ln_eps: float = 1e-5) -> None:
-        super().__init__()
-        self.attn = Attention(width)
-        self.mlp = MLP(width, mlp_layers, hidden)
-        self.ln_eps = ln_eps
-
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         x = layernorm(x + self.attn(x, key_mask), self.ln_eps)
         return layernorm(x + self.mlp(x), self.ln_eps)
 
 
-class PreLNBlock(nn.Module):
+class PreLNBlock(_TransformerBlock):
     r"""Pre-LN transformer block (pre-LN L-T11 with ``mlp_layers=1``).
 
     :math:`x \leftarrow x + \mathrm{Attn}(\operatorname{LN}(x))`, then
@@ -256,13 +261,6 @@ class PreLNBlock(nn.Module):
     >>> PreLNBlock(4, mlp_layers=2)(torch.randn(2, 5, 4)).shape
     torch.Size([2, 5, 4])
     """
-
-    def __init__(self, width: int, mlp_layers: int = 1, hidden: int | None = None,
-                 ln_eps: float = 1e-5) -> None:
-        super().__init__()
-        self.attn = Attention(width)
-        self.mlp = MLP(width, mlp_layers, hidden)
-        self.ln_eps = ln_eps
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(layernorm(x, self.ln_eps), key_mask)
