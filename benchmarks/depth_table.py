@@ -227,6 +227,23 @@ def local_slopes(depths: list[float], values: list[float]) -> list[float]:
     return out
 
 
+def seed_slopes(per_seed_best: dict[int, dict[int, dict[str, Any]]], seeds: list[int],
+                depths: list[int], key: str) -> tuple[list[float], float, float]:
+    """Per-seed log-log slopes of ``key`` against depth (seeds with >= 2 depths), their mean
+    and standard error (NaN when too few seeds).
+
+    ``per_seed_best[L][s]`` is the best run of seed ``s`` at depth ``L``.
+    """
+    per = []
+    for s in seeds:
+        pts = [(L, per_seed_best[L][s][key]) for L in depths if s in per_seed_best.get(L, {})]
+        if len(pts) >= 2:
+            per.append(slope([p[0] for p in pts], [p[1] for p in pts]))
+    mean = float(np.mean(per)) if per else math.nan
+    se = float(np.std(per, ddof=1) / math.sqrt(len(per))) if len(per) > 1 else math.nan
+    return per, mean, se
+
+
 def render_study(out: str) -> str:
     """Tables (``study.md``), slopes (``slopes.json``) and the figure (``gap.png``) from
     ``out/runs.jsonl``; returns the markdown."""
@@ -299,20 +316,8 @@ def render_study(out: str) -> str:
                 md[i] = line.replace("SLOPE", cells[k] if k < len(cells) else "-")
                 k += 1
         # per-seed log-log slopes of the best gap over L > 0, mean and standard error
-        ss = []
-        for s in seeds:
-            pts = [(L, per_seed_best[L][s]["gap"]) for L in dpos if s in per_seed_best.get(L, {})]
-            if len(pts) >= 2:
-                ss.append(slope([p[0] for p in pts], [p[1] for p in pts]))
-        mean = float(np.mean(ss)) if ss else math.nan
-        se = float(np.std(ss, ddof=1) / math.sqrt(len(ss))) if len(ss) > 1 else math.nan
-        nc = []
-        for s in seeds:
-            pts = [(L, per_seed_best[L][s]["nc1"]) for L in dpos if s in per_seed_best.get(L, {})]
-            if len(pts) >= 2:
-                nc.append(slope([p[0] for p in pts], [p[1] for p in pts]))
-        nc_mean = float(np.mean(nc)) if nc else math.nan
-        nc_se = float(np.std(nc, ddof=1) / math.sqrt(len(nc))) if len(nc) > 1 else math.nan
+        ss, mean, se = seed_slopes(per_seed_best, seeds, dpos, "gap")
+        _, nc_mean, nc_se = seed_slopes(per_seed_best, seeds, dpos, "nc1")
         grows = bool(len(loc) and np.nanmean(loc[-2:]) > 0)
         slopes[label] = {"gap_slope_mean": mean, "gap_slope_se": se, "per_seed": ss,
                          "nc1_slope_mean": nc_mean, "nc1_slope_se": nc_se,
