@@ -28,7 +28,17 @@ def _positive_int_or_none(s: str) -> int | None:
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``train``."""
+    """Register ``train``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_parsers(p.add_subparsers(dest="command"))
+    >>> a = p.parse_args(["train", "--arch", "rn1", "--depth", "3", "--n-per-class", "all"])
+    >>> a.depth, a.width, a.n_per_class, a.dataset, a.func is cmd_train
+    (3, 64, None, 'digits', True)
+    """
     from gufm.deep.data.loaders import DATASETS
     from gufm.deep.nets.models import ARCHS
 
@@ -71,7 +81,24 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``gufm train``: :func:`gufm.deep.pipeline.train_and_compare` with the parsed options."""
+    """``gufm train``: :func:`gufm.deep.pipeline.train_and_compare` with the parsed options.
+
+    Examples
+    --------
+    A tiny run on the bundled digits (one Adam step, one L-BFGS step: not converged):
+
+    >>> import contextlib, io, json
+    >>> from gufm.cli import build_parser
+    >>> args = build_parser().parse_args(
+    ...     ["train", "--arch", "rn1", "--depth", "1", "--width", "4", "--n-per-class", "2",
+    ...      "--epochs", "1", "--polish-steps", "1", "--no-progress", "--json"])
+    >>> buf = io.StringIO()
+    >>> with contextlib.redirect_stdout(buf):
+    ...     rc = cmd_train(args)
+    >>> res = json.loads(buf.getvalue())
+    >>> rc, res["stop_reason"], res["converged"], res["gap"] > 0
+    (0, 'max iterations (1)', False, True)
+    """
     from gufm.deep.pipeline import train_and_compare
 
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)

@@ -74,6 +74,17 @@ def run_demo(out: str | os.PathLike = "gufm-demo", quick: bool = False,
     -------
     int
         0.
+
+    Examples
+    --------
+    A full run trains networks (``run_demo("gufm-demo", quick=True)`` takes several seconds);
+    its defaults and the runs it trains:
+
+    >>> import inspect
+    >>> {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
+    {'out': 'gufm-demo', 'quick': False, 'progress': True}
+    >>> [(s.depth, s.width, s.n_per_class) for s in demo_specs()]
+    [(1, 32, 30), (3, 32, 30), (8, 32, 30)]
     """
     out = Path(out)
     lines = _solver_part()

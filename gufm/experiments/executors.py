@@ -211,7 +211,23 @@ def iter_processes(tasks: Sequence[Sequence[RunSpec]], jobs: int, args: tuple[An
 def iter_dask(tasks: Sequence[Sequence[RunSpec]], scheduler: Any, args: tuple[Any, ...]
               ) -> Iterator[Outcome]:
     """Run the tasks on a Dask cluster: ``scheduler`` is its address or a
-    :class:`distributed.Client` (``[distributed]`` extra)."""
+    :class:`distributed.Client` (``[distributed]`` extra).
+
+    Examples
+    --------
+    An in-process cluster (one worker thread); outcomes arrive as they finish:
+
+    >>> from distributed import Client
+    >>> from gufm.experiments.spec import expand_grid
+    >>> from gufm.experiments.testing import toy_run
+    >>> tasks = make_tasks(expand_grid("rn1", [2, 4], [0]), vectorize=False)
+    >>> with Client(processes=False, n_workers=1, threads_per_worker=1,
+    ...             dashboard_address=None) as client:
+    ...     out = sorted((sp.depth, round(m["gap"], 4), e)
+    ...                  for sp, m, e in iter_dask(tasks, client, (toy_run,)))
+    >>> out
+    [(2, 0.0293, None), (4, 0.0146, None)]
+    """
     from distributed import Client, as_completed
 
     own = not isinstance(scheduler, Client)

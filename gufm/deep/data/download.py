@@ -145,6 +145,22 @@ def fetch(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: str
         The downloaded bytes do not match; the partial file is deleted and ``dest`` untouched.
     urllib.error.URLError
         The URL cannot be opened.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     src = Path(d) / "src.txt"
+    ...     _ = src.write_bytes(b"hello")
+    ...     md5 = file_digest(src)
+    ...     got = fetch(src.as_uri(), Path(d) / "out" / "copy.txt", md5=md5)
+    ...     print(got.name, got.read_bytes(), file_digest(got) == md5)
+    ...     try:
+    ...         fetch(src.as_uri(), Path(d) / "bad.txt", md5="0" * 32)
+    ...     except ChecksumError as exc:
+    ...         print(type(exc).__name__, (Path(d) / "bad.txt").exists())
+    copy.txt b'hello' True
+    ChecksumError False
     """
     dest = Path(dest)
     if dest.is_file() and (md5 or sha256) and _verify(dest, md5, sha256) is None:
@@ -212,6 +228,31 @@ def download(name: str, dir: str | os.PathLike | None = None, *,
     Returns
     -------
     The folder.
+
+    Examples
+    --------
+    Bundled data sets need nothing; a mirror that lacks the files gives one error naming
+    every URL tried:
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     print(download("digits", d) == Path(d))
+    ...     try:
+    ...         download("cifar10", d, base_urls=[Path(d).as_uri()], progress=False)
+    ...     except OSError as exc:
+    ...         print(str(exc).splitlines()[0])
+    True
+    could not download cifar-10-python.tar.gz for cifar10:
+
+    The fortunes come from a Debian package: its folder, or an error saying what to install:
+
+    >>> from gufm.deep.data.base import DatasetNotFoundError
+    >>> try:
+    ...     ok = download("fortunes").is_dir()
+    ... except DatasetNotFoundError as exc:
+    ...     ok = "apt-get install fortunes" in str(exc)
+    >>> ok
+    True
     """
     key = str(name).lower()
     folder = Path(dir) if dir is not None else data_home() / key

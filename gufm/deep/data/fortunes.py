@@ -206,7 +206,23 @@ def fortunes_available(root: str | os.PathLike | None = None,
 def load_corpus(root: str | os.PathLike | None, categories: Sequence[str] | None,
                 split: str) -> tuple[Path, tuple[str, ...], list[list[str]]]:
     """``(folder, categories, fortunes)``: the split's fortunes of every category, in file
-    order (see the module docstring for the split rule)."""
+    order (see the module docstring for the split rule).
+
+    Examples
+    --------
+    Fortune ``j`` of a category is a test one when ``j % 5 == 4``:
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     for c in ("cats", "dogs"):
+    ...         _ = (Path(d) / c).write_text("\\n%\\n".join(f"{c} {j}" for j in range(6)) + "\\n")
+    ...     folder, cats, train = load_corpus(d, ["cats", "dogs"], "train")
+    ...     _, _, test = load_corpus(d, ["cats", "dogs"], "test")
+    ...     print(folder == Path(d), cats)
+    True ('cats', 'dogs')
+    >>> train[0], test
+    (['cats 0', 'cats 1', 'cats 2', 'cats 3', 'cats 5'], [['cats 4'], ['dogs 4']])
+    """
     check_split(split)
     cats = _check_categories(categories)
     folder = find_fortunes(root, cats)

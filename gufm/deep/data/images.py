@@ -294,7 +294,24 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(root: str | os.PathLike | None = None, *, n_per_class: int | None = None,
                  seed: int = 0, split: str = "train", normalize: str = "feature") -> Dataset:
-    """CIFAR-10 from the python pickle batches (see :func:`read_cifar_batch`)."""
+    """CIFAR-10 from the python pickle batches (see :func:`read_cifar_batch`).
+
+    Examples
+    --------
+    Five tiny training batches (two images each) in the official layout:
+
+    >>> import pickle, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     folder = Path(d) / "cifar-10-batches-py"
+    ...     folder.mkdir()
+    ...     for i in range(1, 6):
+    ...         batch = {b"data": np.full((2, 3072), 40 * i, np.uint8),
+    ...                  b"labels": [2 * i - 2, 2 * i - 1]}
+    ...         _ = (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
+    ...     ds = load_cifar10(d)
+    >>> ds.X.shape, ds.y.tolist(), ds.classes[:3]
+    (torch.Size([10, 3, 32, 32]), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], ['airplane', 'automobile', 'bird'])
+    """
     files = ([f"data_batch_{i}" for i in range(1, 6)] if check_split(split) == "train"
              else ["test_batch"])
     dirs = candidate_dirs("cifar10", root, ["cifar-10-batches-py", "cifar10/cifar-10-batches-py"])

@@ -110,6 +110,23 @@ def load_imdb(root: str | os.PathLike | None = None, *, n_per_class: int | None 
     = 0, ``<unk>`` = 1, then the most frequent words of the loaded reviews) is built from the
     loaded subset unless ``vocab`` is given (pass ``train.info["vocab"]`` to encode a test split
     consistently).  Sequences keep their first ``seq_len`` tokens, padded with 0.
+
+    Examples
+    --------
+    A tiny ``aclImdb`` folder (``<split>/pos`` and ``<split>/neg``, one review per file):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> reviews = {"neg": ["Bad film.", "Awful, bad bad."], "pos": ["Good film!", "Great good fun."]}
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     for cls, texts in reviews.items():
+    ...         sub = Path(d) / "aclImdb" / "train" / cls
+    ...         sub.mkdir(parents=True)
+    ...         for i, t in enumerate(texts):
+    ...             _ = (sub / f"{i}_7.txt").write_text(t, encoding="utf-8")
+    ...     ds = load_imdb(d, vocab_size=6, seq_len=3)
+    >>> ds.classes, ds.X.shape, ds.y.tolist(), ds.info["vocab"][:3]
+    (['neg', 'pos'], torch.Size([4, 3]), [0, 0, 1, 1], ['<pad>', '<unk>', 'bad'])
     """
     check_split(split)
     dirs = candidate_dirs("imdb", root, ["aclImdb", "imdb/aclImdb"])
