@@ -34,8 +34,8 @@ from typing import Any
 
 import gufm
 from benchmarks._common import machine, write_json
-from benchmarks.bench_baselines import predicted_seconds, pymanopt_trust_regions, rel
-from benchmarks.bench_scaling import _slope_entry, counts_for
+from benchmarks.bench_baselines import pymanopt_trust_regions, rel
+from benchmarks.bench_scaling import _slope_entry, counts_for, predict_K
 from benchmarks.runner import make_row
 from gufm._util import limit_threads
 
@@ -79,11 +79,8 @@ def series(kind: str, loss: str, Ks: list[int], cap: float, repeats: int,
     done_K: list[float] = []
     done_s: list[float] = []
     for K in Ks:
-        pred = predicted_seconds(done_K, done_s, K, default_slope=2.0, min_slope=2.0,
-                                 max_slope=3.0)
-        if pred > cap:
-            points.append({"K": K, "skipped": f"predicted {pred:.0f} s > cap {cap:g} s"})
-            print(f"  {kind} {loss} K={K}: skipped (predicted {pred:.0f} s)", flush=True)
+        pred = predict_K(done_K, done_s, K, cap, points, f"{kind} {loss}")
+        if pred is None:
             continue
         prob = _problem(kind, loss, K)
         reps = repeats if pred * repeats <= cap else 1  # best of 3 only where it is cheap

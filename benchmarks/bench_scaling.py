@@ -139,6 +139,18 @@ def counts_for(series: str, K: int) -> np.ndarray:
     return 100 + np.random.default_rng(K).permutation(K)
 
 
+def predict_K(done_K: list[float], done_s: list[float], K: int, cap: float,
+              points: list[dict[str, Any]], label: str) -> float | None:
+    """Predicted seconds of the solve at ``K`` from the ones done (log-log slope in [2, 3]), or
+    ``None`` after appending a ``skipped`` point to ``points`` when it exceeds ``cap``."""
+    pred = predicted_seconds(done_K, done_s, K, default_slope=2.0, min_slope=2.0, max_slope=3.0)
+    if pred > cap:
+        points.append({"K": K, "skipped": f"predicted {pred:.0f} s > cap {cap:g} s"})
+        print(f"  {label} K={K}: skipped (predicted {pred:.0f} s)", flush=True)
+        return None
+    return pred
+
+
 def scaling_K(quick: bool) -> dict[str, Any]:
     """Certified solve time against K (d = K + 1), tied and distinct counts."""
     Ks = [10, 30, 100] if quick else [10, 30, 100, 300, 1000, 3000, 10_000]
@@ -152,11 +164,7 @@ def scaling_K(quick: bool) -> dict[str, Any]:
         for K in Ks:
             # d = K + 1 grows with K: at least O(K^2) work per iteration; the dense steps (the
             # certificate's K x K eigenproblem, products of K x K matrices) are O(K^3)
-            pred = predicted_seconds(done_K, done_s, K, default_slope=2.0, min_slope=2.0,
-                                     max_slope=3.0)
-            if pred > cap:
-                pts.append({"K": K, "skipped": f"predicted {pred:.0f} s > cap {cap:g} s"})
-                print(f"  {name} K={K}: skipped (predicted {pred:.0f} s)", flush=True)
+            if predict_K(done_K, done_s, K, cap, pts, name) is None:
                 continue
             prob = gufm.GUFM(counts=counts_for(name, K), dim=K + 1, loss="ce", lam_W=5e-3)
             res, sec = timed(lambda prob=prob: gufm.solve(prob))
