@@ -215,7 +215,11 @@ def plot(out: dict[str, Any], folder: Path, suffix: str = "") -> list[str]:
 
     files = []
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Any, ax: Any, name: str, xlabel: str, title: str) -> None:
+        """Label the seconds axis, legend, grid, write ``name`` and close ``fig``."""
+        ax.set(xlabel=xlabel, ylabel="seconds", title=title)
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
         path = folder / f"{name}{suffix}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -233,10 +237,7 @@ def plot(out: dict[str, Any], folder: Path, suffix: str = "") -> list[str]:
         if B:
             ax.loglog([p["N"] for p in B], [p["baseline"]["seconds"] for p in B], "^--",
                       label="L-BFGS over all N features")
-        ax.set(xlabel="N (samples)", ylabel="seconds", title="time against N (K = 10, d = 64)")
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
-        save(fig, "scaling_N")
+        save(fig, ax, "scaling_N", "N (samples)", "time against N (K = 10, d = 64)")
     sK = out.get("K")
     if sK:
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -245,21 +246,13 @@ def plot(out: dict[str, Any], folder: Path, suffix: str = "") -> list[str]:
             ax.loglog([p["K"] for p in P], [p["seconds"] for p in P], "o-",
                       label=f"{name} counts")
         ax.axhline(60, color="gray", lw=0.8, ls=":", label="60 s")
-        ax.set(xlabel="K (classes), d = K + 1", ylabel="seconds",
-               title="certified solve against K")
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
-        save(fig, "scaling_K")
+        save(fig, ax, "scaling_K", "K (classes), d = K + 1", "certified solve against K")
     sd = out.get("d")
     if sd:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         P = sd["points"]
         ax.loglog([p["d"] for p in P], [p["seconds"] for p in P], "o-", label="gufm")
-        ax.set(xlabel="d (feature dimension)", ylabel="seconds",
-               title="certified solve against d (K = 10)")
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
-        save(fig, "scaling_d")
+        save(fig, ax, "scaling_d", "d (feature dimension)", "certified solve against d (K = 10)")
     return files
 
 
