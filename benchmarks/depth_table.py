@@ -21,6 +21,7 @@ import argparse
 import math
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -385,8 +386,7 @@ def closing_note(out: str) -> dict[str, Any]:
                                                    0), depth=L))
     res["chain"] = continuation_chain("rn1", [2, 4, 8, 16, 32], 32, ds, None, 1000, 0.005,
                                       0.005, 0, fresh=False)
-    Path_ = __import__("pathlib").Path
-    Path_(out).write_text(json.dumps(res, indent=1) + "\n")
+    Path(out).write_text(json.dumps(res, indent=1) + "\n")
     return res
 
 
