@@ -1,4 +1,4 @@
-"""The instances that used to hang or lose their certificate, timed with the current solver.
+"""The instances that used to hang, lose their certificate or certify too loosely, timed now.
 
 Each instance ran past 90 s (or gave a negative or invalid bound) before the solver's stall
 detection, relative gradient tolerance, capped SDP in ``auto`` and normalised-scale solve. This
@@ -40,6 +40,12 @@ def instances() -> dict[str, tuple[gufm.GUFM, dict[str, Any]]]:
                                             radius=1e6), {}),
         "mse_sphere_radius_1e6_sdp": (gufm.GUFM(counts=[5, 3, 2], dim=5, loss="mse",
                                                 features="sphere", radius=1e6), {"method": "sdp"}),
+        # tiny optima, where an absolute tolerance used to certify points 4e-6 above the optimum
+        "tiny_lam_W_1e-10_K5": (gufm.GUFM(counts=range(1, 16, 3), dim=6, lam_W=1e-10), {}),
+        "tiny_lam_W_1e-10_K10": (gufm.GUFM(counts=range(1, 31, 3), dim=11, lam_W=1e-10), {}),
+        "tiny_counts_5_3_lam_W_1e-9_auto": (gufm.GUFM(counts=[5, 3], dim=4, lam_W=1e-9), {}),
+        "tiny_counts_5_3_lam_W_1e-9_sdp": (gufm.GUFM(counts=[5, 3], dim=4, lam_W=1e-9),
+                                           {"method": "sdp"}),
     }
 
 
