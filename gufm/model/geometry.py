@@ -56,6 +56,35 @@ def simplex_etf(K: int, p: int | None = None) -> np.ndarray:
     return out
 
 
+def centred_simplex_etf(K: int, p: int | None = None) -> np.ndarray:
+    r"""The simplex ETF :math:`m_k = \sqrt{K/(K-1)}\,(e_k - \mathbf 1/K)`, shape ``(p, K)``.
+
+    The same frame as :func:`simplex_etf` (:math:`m_k^\top m_j = -1/(K-1)`), in the coordinates
+    where it is closest to the identity: column ``k`` is dominated by its ``k``-th entry.  Needs
+    ``p >= K`` (default ``K``); extra rows are zero.  The trust-region solver starts in this
+    gauge: there the loss curvature of each column of ``W`` is concentrated on one class, so
+    the Hessian's diagonal is a good preconditioner (``python -m benchmarks.bench_certified
+    --gauge`` counts the Hessian products in both gauges).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> M = centred_simplex_etf(3)
+    >>> np.round(M.T @ M, 12)
+    array([[ 1. , -0.5, -0.5],
+           [-0.5,  1. , -0.5],
+           [-0.5, -0.5,  1. ]])
+    >>> centred_simplex_etf(3, 5).shape
+    (5, 3)
+    """
+    p = K if p is None else p
+    if p < K:
+        raise ValueError(f"the centred simplex ETF of K = {K} vectors needs p >= K, got p = {p}")
+    out = np.zeros((p, K))
+    out[:K] = (np.eye(K) - 1.0 / K) * np.sqrt(K / (K - 1.0))
+    return out
+
+
 def etf_gram(K: int) -> np.ndarray:
     """:math:`E_K = (I - \\mathbf 1\\mathbf 1^\\top/K)/\\sqrt{K-1}`, the normalised simplex-ETF Gram.
 

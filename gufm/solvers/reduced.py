@@ -26,7 +26,7 @@ import torch
 from gufm._util import limit_threads
 from gufm.backend import Array, get_backend, is_torch, to_numpy
 from gufm.model.certificate import Certificate, certify
-from gufm.model.geometry import simplex_etf
+from gufm.model.geometry import centred_simplex_etf, simplex_etf
 from gufm.model.objective import column_data, evaluate, group_objective
 from gufm.model.problem import GUFM
 from gufm.solvers.closed_form import etf_scales
@@ -127,7 +127,9 @@ def initial_point(prob: GUFM, p: int, init: str, rng: np.random.Generator):
     """A starting point ``(W, b, H)`` in ``p`` reduced dimensions.
 
     ``init="etf"`` (or ``"auto"`` for CE with hard labels and ``p >= K - 1``): a slightly
-    perturbed simplex ETF at the balanced closed form's scales; ``"random"``: Gaussian, the
+    perturbed simplex ETF at the balanced closed form's scales; when ``p >= K`` the exact ETF in
+    the centred gauge (:func:`gufm.model.geometry.centred_simplex_etf`), only its extra rows
+    perturbed; ``"random"``: Gaussian, the
     features moved onto the feature model's boundary.
 
     Examples
@@ -148,7 +150,15 @@ def initial_point(prob: GUFM, p: int, init: str, rng: np.random.Generator):
     if use_etf and p < K - 1:
         raise ValueError(f"init='etf' needs p >= K - 1 = {K - 1}, got p = {p}")
     if use_etf:
-        M = simplex_etf(K, p) + 1e-3 * rng.standard_normal((p, K))
+        if p >= K:
+            # the centred gauge (close to the identity), unperturbed in its K rows: the
+            # preconditioner's diagonal fits it best, and a random rotation of the gauge would
+            # never be undone (a flat direction); rows beyond K are perturbed so the solver
+            # can use them
+            M = centred_simplex_etf(K, p)
+            M[K:] = 1e-3 * rng.standard_normal((p - K, K))
+        else:
+            M = simplex_etf(K, p) + 1e-3 * rng.standard_normal((p, K))
         M /= np.linalg.norm(M, axis=0)
         sw, sh = etf_scales(prob)
         H = sh * M[:, prob.groups.targets.argmax(0)] if G != K else sh * M
