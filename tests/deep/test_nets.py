@@ -121,6 +121,20 @@ def test_seeded_models_are_identical_and_leave_global_rng_alone():
     assert any(not torch.equal(p, r) for p, r in zip(a.parameters(), c.parameters(), strict=True))
 
 
+def test_seeded_models_built_in_threads_equal_the_serial_ones():
+    """Seeded builds in several threads at once (a Dask worker with two threads runs two
+    sweep runs so) must not interleave their draws from torch's global generator."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = list(range(8)) * 3
+    serial = [make_model("t11", 2, 16, (1, 8, 8), 3, seed=s) for s in seeds]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda s: make_model("t11", 2, 16, (1, 8, 8), 3, seed=s), seeds))
+    for a, b in zip(serial, threaded, strict=True):
+        for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            assert torch.equal(p, q), n
+
+
 def test_all_parameters_are_weights_without_bias_or_affine():
     m = image_model("t12")
     names = [n for n, _ in m.named_parameters()]

@@ -26,6 +26,7 @@ embeddings and the positional embeddings.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from gufm.deep.nets.blocks import PostLNBlock, PreLNBlock, RN1Block, RN2Block, layernorm, sphere_layernorm
+
+#: serialises the seeded model builds (the seed goes through torch's global generator)
+_SEED_LOCK = threading.Lock()
 
 #: arch name -> (family, MLP layers per block)
 ARCHS: dict[str, tuple[str, int]] = {
@@ -388,6 +392,9 @@ def make_model(
     ln_eps = float(ln_eps)
     gen_state = None
     if seed is not None:
+        # torch's global generator seeds the initialisation: hold the lock so that models
+        # built at once in several threads (a Dask worker's) do not interleave their draws
+        _SEED_LOCK.acquire()
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(int(seed))
     try:
@@ -406,6 +413,7 @@ def make_model(
     finally:
         if gen_state is not None:
             torch.random.set_rng_state(gen_state)
+            _SEED_LOCK.release()
     model.build_args = {
         "arch": arch, "depth": depth, "width": width, "num_classes": num_classes,
         "input_shape": None if input_shape is None else [int(s) for s in input_shape],
