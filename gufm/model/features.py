@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from gufm.backend import Array, get_backend
-from gufm.model.geometry import helmert_basis
+from gufm.model.geometry import helmert_apply, helmert_basis
 
 __all__ = [
     "FEATURE_MODELS", "FeatureModel", "LayerNorm", "Sphere", "Ball", "Penalty",
@@ -173,6 +173,20 @@ class FeatureModel:
         """Orthonormal ``(dim, p)`` basis of the span of ``p``-dimensional reduced solutions."""
         return np.eye(dim, p)
 
+    def embed(self, X: np.ndarray, dim: int, axis: int = 0) -> np.ndarray:
+        """``basis(dim, p) @ X`` for reduced coordinates ``X`` (p, n): the vectors in ``R^dim``
+        (``axis=1``: ``X @ basis(dim, p).T`` for ``X`` of shape (n, p)).
+
+        Override it with a product that needs no matrix (the default pads with zeros, which is
+        what the identity basis does).
+        """
+        X = np.asarray(X, dtype=float)
+        if axis == 1:
+            return self.embed(X.T, dim).T
+        out = np.zeros((dim,) + X.shape[1:])
+        out[: X.shape[0]] = X
+        return out
+
     # ------------------------------------------------------- parametrisation
     def latent_rows(self, p: int) -> int:
         """Rows of the latent matrix ``V`` behind ``p``-dimensional features."""
@@ -254,6 +268,9 @@ class LayerNorm(FeatureModel):
 
     def basis(self, dim: int, p: int) -> np.ndarray:
         return helmert_basis(dim, p)
+
+    def embed(self, X: np.ndarray, dim: int, axis: int = 0) -> np.ndarray:
+        return helmert_apply(X, dim, axis)  # O(dim n) instead of a (dim, p) x (p, n) product
 
     def parametrise(self, V: Array, rho: float, *, ambient: bool = False) -> tuple[Array, Any]:
         # ambient: h = rho P v / ||P v|| with P = I - 11ᵀ/d (LayerNorm, eps = 0)

@@ -18,6 +18,7 @@ from gufm.backend import Array, convert, to_numpy
 from gufm.model.certificate import Certificate, certify
 from gufm.model.objective import group_objective, objective
 from gufm.model.problem import GUFM
+from gufm.model.typed import Types, certify_typed, typed_logits, typed_value
 from gufm.solvers.result import SolveResult, check_tolerances, is_certified
 
 __all__ = ["finish", "embed", "Budget", "failed_result"]
@@ -64,7 +65,9 @@ class Budget:
 
 def embed(prob: GUFM, Wp: np.ndarray, Hp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Embed a reduced point (``Wp`` (K, p), ``Hp`` (p, G)) in ``R^d`` with the feature
-    model's basis: ``W = Wp Eᵀ``, ``H = E Hp`` (``E`` orthonormal, so ``W H = Wp Hp``).
+    model's basis: ``W = Wp Eᵀ``, ``H = E Hp`` (``E`` orthonormal, so ``W H = Wp Hp``), by
+    :meth:`FeatureModel.embed <gufm.model.features.FeatureModel.embed>` (``O(d (K + G))``
+    for LayerNorm's Helmert basis, no matrix product).
 
     Examples
     --------
@@ -74,8 +77,8 @@ def embed(prob: GUFM, Wp: np.ndarray, Hp: np.ndarray) -> tuple[np.ndarray, np.nd
     >>> W.shape, H.shape, bool(np.allclose(H.sum(0), 0))
     ((2, 3), (3, 2), True)
     """
-    E = prob.feature_model.basis(prob.dim, Wp.shape[1])
-    return Wp @ E.T, E @ Hp
+    fm = prob.feature_model
+    return fm.embed(np.asarray(Wp), prob.dim, axis=1), fm.embed(Hp, prob.dim)
 
 
 def finish(
@@ -97,6 +100,7 @@ def finish(
     info: dict[str, Any] | None = None,
     like: Array | None = None,
     check_tol: float | None = None,
+    types: Types | None = None,
 ) -> SolveResult:
     """Evaluate a candidate exactly, certify it and build the :class:`SolveResult`.
 
@@ -130,6 +134,11 @@ def finish(
         dtype and device), e.g. the caller's ``x0``.
     check_tol : float, optional
         When set, raise unless the point is feasible within it (closed forms).
+    types : Types, optional
+        The point is invariant under permuting equal-count classes (the symmetric solver):
+        evaluate and certify it from one class per type (:func:`gufm.model.typed.typed_value`,
+        :func:`gufm.model.typed.certify_typed`, ``O(K d T)``); when the point turns out not to
+        be type-structured, the dense evaluation and certificate are used.
 
     Returns
     -------
@@ -148,18 +157,26 @@ def finish(
     rtol, atol = check_tolerances(rtol, atol)
     W, H = np.asarray(to_numpy(W), dtype=float), np.asarray(to_numpy(H), dtype=float)
     b = None if b is None else np.asarray(to_numpy(b), dtype=float)
+    Z = None
     if reduced:
-        Z = W @ H
+        Z = W @ H if types is None else None  # the reduced product is the cheaper one
         W, H = embed(prob, W, H)
-    else:
-        Z = W @ H
-    if H_samples is not None:
-        value = float(objective(prob, W, b, H_samples, check_feasible=False))
-    elif check_tol is not None:
-        value = float(group_objective(prob, W, b, H, check_feasible=True, tol=check_tol))
-    else:
-        value = float(group_objective(prob, W, b, H, check_feasible=False))
-    cert = certify(prob, Z, b) if certificate is None else certificate
+    cert = value = None
+    if types is not None and H_samples is None and check_tol is None and certificate is None:
+        Zt = typed_logits(types, W, H)
+        cert = None if Zt is None else certify_typed(prob, types, Zt, b)
+        value = None if cert is None else typed_value(prob, types, W, b, H)
+    if value is None:
+        if H_samples is not None:
+            value = float(objective(prob, W, b, H_samples, check_feasible=False))
+        elif check_tol is not None:
+            value = float(group_objective(prob, W, b, H, check_feasible=True, tol=check_tol))
+        else:
+            value = float(group_objective(prob, W, b, H, check_feasible=False))
+        if certificate is None:
+            cert = certify(prob, W @ H if Z is None else Z, b)
+        else:
+            cert = certificate
     lower = max((cert.lower_bound, *bounds), default=-math.inf)
     info = dict(info or {})
     if lower > cert.lower_bound:

@@ -29,6 +29,7 @@ from gufm.model.certificate import Certificate, certify
 from gufm.model.geometry import centred_simplex_etf, simplex_etf
 from gufm.model.objective import column_data, evaluate, group_objective
 from gufm.model.problem import GUFM
+from gufm.model.typed import class_types
 from gufm.solvers.closed_form import etf_scales
 from gufm.solvers.finish import Budget, embed, finish
 from gufm.solvers.lbfgs import lbfgs
@@ -282,7 +283,8 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
                          stop_reason="certified (symmetry-reduced)",
                          iterations=sym_info["sym_iterations"], rtol=rtol, atol=atol,
                          info={"symmetry_reduced": True, "p": Ws.shape[1], "escapes": 0,
-                               "restarts": 0, "device": "numpy", **sym_info})
+                               "restarts": 0, "device": "numpy", **sym_info},
+                         types=class_types(orig))
             sym_info["sym_lower_bound"] = res.lower_bound
             if res.certified:
                 return res

@@ -22,56 +22,17 @@ certificate fails, the caller falls back to the general solver from this warm st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from gufm.model.certificate import certify
 from gufm.model.geometry import simplex_etf
 from gufm.model.problem import GUFM
+from gufm.model.typed import TypedMatrix, Types, certify_typed, class_types
 from gufm.solvers.closed_form import etf_scales
 from gufm.solvers.finish import Budget
 from gufm.solvers.lbfgs import lbfgs
 from gufm.solvers.result import ATOL, is_certified, loss_scale
-
-
-@dataclass
-class Types:
-    """Class types of a hard-label problem (equal counts).
-
-    Examples
-    --------
-    >>> from gufm.model.problem import GUFM
-    >>> t = class_types(GUFM(counts=[3, 3, 1, 3, 1], dim=8))
-    >>> t.T, t.counts.tolist(), t.mult.tolist(), t.of_class.tolist()
-    (2, [1.0, 3.0], [2, 3], [1, 1, 0, 1, 0])
-    """
-
-    counts: np.ndarray  # n_t, shape (T,)
-    mult: np.ndarray  # m_t, shape (T,)
-    of_class: np.ndarray  # type of each class, shape (K,)
-
-    @property
-    def T(self) -> int:
-        return int(self.counts.shape[0])
-
-
-def class_types(prob: GUFM) -> Types | None:
-    """Types of equal-count classes, or None for soft labels.
-
-    Examples
-    --------
-    >>> from gufm.model.problem import GUFM
-    >>> class_types(GUFM(counts=[2, 2, 5], dim=4)).mult.tolist()
-    [2, 1]
-    >>> class_types(GUFM(soft_labels=[[0.5, 0.5], [1.0, 0.0]], dim=4)) is None
-    True
-    """
-    if not prob.hard_labels:
-        return None
-    uniq, inv, mult = np.unique(prob.groups.counts, return_inverse=True, return_counts=True)
-    return Types(uniq.astype(float), mult.astype(np.int64), inv.reshape(-1))
 
 
 def shared_dim(prob: GUFM, types: Types) -> int:
@@ -167,6 +128,26 @@ class _SymParam:
         d, _ = sla.minres(op, -g, maxiter=min(maxiter, x.size), rtol=1e-10)
         return x + d
 
+    def typed_logits(self, x: np.ndarray) -> tuple[TypedMatrix, np.ndarray | None]:
+        """``(Z, b)`` of the lifted point without lifting: ``Z = W H`` as a
+        :class:`~gufm.model.typed.TypedMatrix` (``A[t', t] = v_t'ᵀ u_t`` across types,
+        ``z_same`` inside a type, ``z_own`` on the diagonal) and the bias per class."""
+        types = self.types
+        xt = torch.tensor(x, dtype=torch.float64)
+        with torch.no_grad():
+            V, c, F, b = self.split(xt)
+            U, a = self.features(F)
+        S = (V.T @ U).numpy()
+        ca = (c * a).numpy()
+        m = types.mult.astype(float)
+        A = S.copy()
+        inner = types.mult >= 2
+        A[np.diag_indices_from(A)] = np.where(inner, S.diagonal() - ca / np.maximum(m - 1, 1),
+                                              S.diagonal())
+        e = np.where(inner, ca * m / np.maximum(m - 1, 1), 0.0)
+        bb = None if b is None else b.numpy()[types.of_class]
+        return TypedMatrix(types, A, e), bb
+
     def lift(self, x: np.ndarray):
         """Full ``(W, b, H)`` in ``R^p``, ``p = q + sum_t (m_t - 1)``."""
         types, K = self.types, self.prob.K
@@ -255,8 +236,12 @@ def solve_symmetric(prob: GUFM, *, seed: int = 0, gtol: float = 1e-9, maxiter: i
 
         def closed(x: np.ndarray) -> bool:
             f = par.fun(x)[0]
-            W, b, H = par.lift(x)
-            return is_certified(prob, f, certify(prob, W @ H, b).lower_bound, rtol, atol)
+            Zt, b = par.typed_logits(x)  # the lifted point's logits, O(K T) (no lift)
+            cert = certify_typed(prob, types, Zt, b, dense=False)
+            if cert is None:
+                W, b, H = par.lift(x)
+                cert = certify(prob, W @ H, b)
+            return is_certified(prob, f, cert.lower_bound, rtol, atol)
         # Newton polish: quasi-Newton tails converge slowly on this ill-conditioned problem and
         # the certificate amplifies stationarity errors by rho^2 K; one or two Newton steps
         # (Hessian-vector products by double backward, MINRES for the singular Hessian) close it
