@@ -285,11 +285,15 @@ class ReducedManifold:
 
         ``W``: :math:`\\lambda_W + \\sum_g J_{g,kk} h_{gj}^2`; ``H``:
         :math:`\\sum_{k,l} W_{kj} J_{g,kl} W_{lj}` (times :math:`\\rho^2`, minus the Weingarten
-        coefficient); ``J_g`` the loss Hessian of column ``g``.  Used as a preconditioner.
+        coefficient); ``J_g`` the loss Hessian of column ``g``.  Used as a preconditioner; with
+        ``mixed`` its products run in float32.
         """
         prob = self.prob
         W, b, H = self._split(x)
         S, w = cache["S"], self.w
+        if self.mixed:  # a preconditioner needs no float64 products (numpy only)
+            W, H, w = W.astype(np.float32), H.astype(np.float32), w.astype(np.float32)
+            S = None if S is None else S.astype(np.float32)
         if S is None:
             Jd = w + 0 * cache["Y"]
             dW = prob.lam_W + Jd @ (H * H).T
@@ -299,6 +303,8 @@ class ReducedManifold:
             Jd = SW * (1 - S)
             dW = prob.lam_W + Jd @ (H * H).T
             dH = (W * W).T @ SW - (W.T @ S) ** 2 * w
+        if self.mixed:
+            dW, dH, Jd = dW.astype(float), dH.astype(float), Jd.astype(float)
         out = [dW]
         if b is not None:
             out.append(Jd.sum(1) + prob.lam_b)
