@@ -42,6 +42,7 @@ from gufm.backend import Array, is_torch, softmax
 from gufm.model.losses import weighted_loss_and_grad
 from gufm.model.objective import column_data
 from gufm.model.problem import GUFM
+from gufm.solvers.lowrank import compress
 
 __all__ = ["ReducedManifold", "frame_start", "supports"]
 
@@ -131,6 +132,9 @@ class ReducedManifold:
             raise ValueError(f"p must be an integer in [1, dim] = [1, {prob.dim}], got {p!r}")
         self.prob, self.p, self.device = prob, int(p), device
         self.mixed = False  # float32 Hessian products (numpy only; see riemannian.trust_region)
+        #: relative tolerance of the diagonal-plus-low-rank Hessian products (numpy only;
+        #: gufm.solvers.lowrank), None: dense products
+        self.lowrank_tol: float | None = None
         self.K, self.G = prob.K, prob.G
         self.sphere = bool(prob.feature_model.radial)
         self.rho = prob.rho if self.sphere else 1.0
@@ -234,7 +238,14 @@ class ReducedManifold:
             g.append(gH + prob.lam_H * H * self.n)
         S = softmax(Z, axis=0) if prob.loss == "ce" else None
         cache = {"Y": Y, "S": S, "c": c}
-        if self.mixed:
+        if self.lowrank_tol is not None and self.device is None:
+            parts = []
+            for M in (W, H, Y):
+                parts.append(compress(M, self.lowrank_tol))
+                if parts[-1] is None:
+                    break
+            cache["lr"] = None if parts[-1] is None else tuple(parts)
+        if self.mixed and cache.get("lr") is None:
             cache["lp"] = tuple(a.astype(np.float32) for a in (W, H, Y))
         return float(val), g, cache
 
@@ -253,8 +264,11 @@ class ReducedManifold:
         dW, dH = v[0], self.rho * v[-1]
         db = v[1] if b is not None else None
         Y = cache["Y"]
-        lp = cache.get("lp")
-        if lp is None:
+        lp, lr = cache.get("lp"), cache.get("lr")
+        if lr is not None:  # diagonal plus low rank (gufm.solvers.lowrank): O(K p r) products
+            Wc, Hc, Yc = lr
+            dZ = Hc.rmm(dW) + Wc.mm(dH)
+        elif lp is None:
             dZ = dW @ H + W @ dH
         else:  # the products in float32 (numpy): an inexact Newton step, all sums in float64
             W, H, Y = lp
@@ -263,7 +277,10 @@ class ReducedManifold:
         if db is not None:
             dZ = dZ + db[:, None]
         dY = self._dY(cache, dZ)
-        if lp is None:
+        if lr is not None:
+            out = [Hc.rtmm(dY) + Yc.mm(dH.T) + prob.lam_W * dW]
+            hH = Yc.rmm(dW.T) + Wc.tmm(dY)
+        elif lp is None:
             out = [dY @ H.T + Y @ dH.T + prob.lam_W * dW]
             hH = dW.T @ Y + W.T @ dY
         else:

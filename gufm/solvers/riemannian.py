@@ -63,6 +63,13 @@ class TrustRegionResult:
     message: str
 
 
+#: default relative tolerance of the low-rank Hessian products (gufm.solvers.lowrank): at
+#: 1e-6 the trust region needs as many products as with exact ones (measured up to K = 3000)
+LOWRANK_TOL = 1e-6
+#: below this many classes dense products are cheap enough
+LOWRANK_MIN_K = 200
+
+
 def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: list[Array],
          Pinv: list[Array], delta: float, maxinner: int, kappa: float, theta: float,
          shift: float) -> tuple[list[Array], list[Array], int, str]:
@@ -133,6 +140,7 @@ def trust_region(
     stall_window: int = 25,
     stall_rtol: float = 1e-12,
     mixed: bool = True,
+    lowrank: float | None = LOWRANK_TOL,
     verbose: bool = False,
 ) -> TrustRegionResult:
     """Minimise the reduced GUFM by Riemannian trust regions (Newton with truncated CG).
@@ -178,6 +186,11 @@ def trust_region(
         as fast; everything else, the gradient and the values stay float64): an inexact
         Newton direction whose relative error ~1e-6 is far below the inner CG tolerance, so the
         outer iteration keeps its convergence; torch devices always use float64.
+    lowrank : float or None
+        With numpy and at least :data:`LOWRANK_MIN_K` classes, the Hessian-vector products
+        use diagonal-plus-low-rank approximations of ``W``, ``H`` and the loss gradient at
+        each outer iterate (:mod:`gufm.solvers.lowrank`) whenever they meet this relative
+        tolerance, else the (mixed-precision) dense products.  ``None``: always dense.
     verbose : bool
         Print one line per outer iteration.
 
@@ -199,6 +212,8 @@ def trust_region(
     """
     man = ReducedManifold(prob, p, device)
     man.mixed = bool(mixed) and device is None
+    if lowrank is not None and device is None and prob.K >= LOWRANK_MIN_K:
+        man.lowrank_tol = float(lowrank)
     x = man.from_flat(x0)
     f, g, cache = man.cost_grad(x)
     n_var = int(sum(np.prod(s) for s in man.shapes))
