@@ -220,8 +220,9 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     bound for free), then trained with ``continue_epochs`` Adam epochs (default
     ``epochs // 4``) at the peak learning rate ``continue_lr`` (default ``lr / 10``) and the
     polish (``"continued"``).  ``continue_epochs=0`` is the polish alone, which never ends
-    above the split network but rarely leaves it: the split network sits at the ReLU kinks of
-    the shallower one.  Measured (L-RN1, digits, width 32, N = 300, L = 2 -> 4): polish only
+    above the split network but rarely leaves it: the split network inherits the shallower
+    one's stalled point (docs/training.md, section 4).  Measured (L-RN1, digits, width 32,
+    N = 300, L = 2 -> 4): polish only
     gap 0.0139, 250 Adam epochs at lr/10 + polish 0.0124, a fresh run 0.0122.  The first
     depth has only ``"fresh"`` (and a continued chain starts from it); ``fresh=False``
     skips the fresh runs after the first depth, and so do depths above ``fresh_max_depth``

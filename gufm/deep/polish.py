@@ -13,14 +13,14 @@ strong-Wolfe line search, in rounds of ``window`` iterations.  After each round:
   parameters go back to the best seen, the invariant groups to their representative (an exact
   move), and the polish restarts; after ``restarts + 1`` consecutive stalls it stops with
   "no further decrease" and ``converged=False`` (at a large gradient this is typically a
-  point where many ReLU inputs sit at 0, where the objective is not differentiable);
+  sample near the LayerNorm singularity, :mod:`gufm.deep.conditioning`, where the curvature
+  diverges);
 * a non-finite objective restores the best parameters and stops.
 
 Why L-BFGS.  Measured on L-RN1 (digits, width 32, N = 300): once the embedding's scale is
 reduced, L-BFGS reaches its plateau within a few hundred iterations at L = 2 and ~1500 at
-L = 8, and the plateau sits where tens of ReLU pre-activations are within 1e-6 of 0, i.e. at a
-kink of the objective: a Newton-type method (Hessian-vector products) has no curvature to use
-there either, and costs several evaluations per iteration.  See docs/training.md, section 3.
+L = 8; the plateau is a sample near the LayerNorm singularity, with a curvature of 6e6 to 2e8
+along a gradient of 1e-3, where the line search finds no decrease (docs/training.md, 3-4).
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from gufm.deep.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gufm.deep.conditioning import layernorm_margin
 from gufm.deep.invariance import (
     SCALE_MODES,
     gradient_norm,
@@ -129,6 +130,11 @@ class TrainResult:
         (reduced objective).
     config : dict
         The hyper-parameters (what a checkpoint checks on resume).
+    ln_margin, ln_margin_sample : float, int
+        The smallest relative centred input norm of a sample at a LayerNorm and that sample
+        (:func:`gufm.deep.conditioning.layernorm_margin`); below
+        :data:`~gufm.deep.conditioning.LN_MARGIN_FLAG` a non-converged run says so in
+        ``stop_reason``.
 
     Examples
     --------
@@ -158,12 +164,14 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    ln_margin: float = float("inf")
+    ln_margin_sample: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no model, no history)."""
         keys = ("objective", "loss", "penalty", "accuracy", "grad_norm", "grad_norm_exact",
                 "converged", "stop_reason", "shrink", "adam_steps", "polish_iters",
-                "epochs_done", "completed", "seconds")
+                "epochs_done", "completed", "seconds", "ln_margin", "ln_margin_sample")
         return {k: getattr(self, k) for k in keys} | {"config": self.config}
 
 
@@ -466,6 +474,7 @@ def train(
     gn = gradient_norms(model, Xf, y, lam=lam, loss=loss, chunk_size=chunk_size,
                         scale_invariant=scale_invariant)
     converged = bool(gn["grad_norm"] <= polish_tol)
+    margin = layernorm_margin(model, Xf, chunk_size)
     if stopped:
         reason = "stopped by stop_after"
     elif polish_reason == "no polish":
@@ -473,6 +482,8 @@ def train(
                   f"{'<=' if converged else '>'} polish_tol {polish_tol:.3g})")
     else:
         reason = polish_reason
+    if not converged and margin.flagged:
+        reason = f"{reason}; {margin.describe()}"
     return TrainResult(model=model, objective=fin["objective"], loss=fin["loss"],
                        penalty=fin["penalty"], accuracy=fin["accuracy"],
                        grad_norm=float(gn["grad_norm"]),
@@ -480,4 +491,5 @@ def train(
                        stop_reason=reason, shrink=shrink_c,
                        adam_steps=epoch0 * steps_per_epoch, polish_iters=polish_iters,
                        epochs_done=epoch0, completed=not stopped,
-                       seconds=time.perf_counter() - t0, history=history, config=config)
+                       seconds=time.perf_counter() - t0, history=history, config=config,
+                       ln_margin=margin.ratio, ln_margin_sample=margin.sample)

@@ -45,7 +45,10 @@ for tokens ``X`` of shape ``(T, d)`` and a key mask ``M`` (``-inf`` at padding).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +56,40 @@ from torch import Tensor, nn
 
 #: floor of the centred norm inside :func:`sphere_layernorm` (avoids 0/0 at x = mean * 1)
 NORM_FLOOR = 1e-30
+
+#: per thread: when ``.norms`` is a list, every LayerNorm call of that thread appends the
+#: centred norms of its input rows (:func:`record_layernorm_inputs`)
+_RECORD = threading.local()
+
+
+@contextlib.contextmanager
+def record_layernorm_inputs() -> Iterator[list[Tensor]]:
+    r"""Collect, for every LayerNorm call inside the block, the centred norms
+    :math:`\lVert x - \bar x\mathbf 1\rVert` of its input rows, shape ``x.shape[:-1]``
+    (detached): what :mod:`gufm.deep.conditioning` reads.  Only the calling thread's calls
+    are recorded.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with record_layernorm_inputs() as norms:
+    ...     _ = sphere_layernorm(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
+    >>> norms[0].tolist()
+    [1.4142135381698608, 0.0]
+    """
+    previous = getattr(_RECORD, "norms", None)
+    _RECORD.norms = norms = []
+    try:
+        yield norms
+    finally:
+        _RECORD.norms = previous
+
+
+def _record(x: Tensor) -> None:
+    norms = getattr(_RECORD, "norms", None)
+    if norms is not None:
+        xc = x.detach() - x.detach().mean(dim=-1, keepdim=True)
+        norms.append(torch.linalg.vector_norm(xc, dim=-1))
 
 
 def sphere_layernorm(x: Tensor, radius: float | None = None) -> Tensor:
@@ -68,7 +105,7 @@ def sphere_layernorm(x: Tensor, radius: float | None = None) -> Tensor:
     Returns
     -------
     Tensor of the same shape, every row with mean 0 and norm ``radius`` (rows equal to a
-    multiple of the all-ones vector map to 0).
+    multiple of the all-ones vector map to 0, with a zero gradient).
 
     Examples
     --------
@@ -77,11 +114,17 @@ def sphere_layernorm(x: Tensor, radius: float | None = None) -> Tensor:
     >>> round(float(h.sum()), 6), round(float(h.norm()), 6)
     (0.0, 2.0)
     """
+    _record(x)
     d = x.shape[-1]
     rho = math.sqrt(d) if radius is None else float(radius)
     xc = x - x.mean(dim=-1, keepdim=True)
-    sq = (xc * xc).sum(dim=-1, keepdim=True).clamp_min(NORM_FLOOR**2)
-    return xc * (rho * torch.rsqrt(sq))
+    sq = (xc * xc).sum(dim=-1, keepdim=True)
+    # a row at the singular set (centred norm at most the floor) maps to 0 with a zero
+    # gradient: clamping alone gave it a gradient of 1/NORM_FLOOR, which overflows Adam's
+    # second moment and turns the whole network into NaN (one all-zero input did that)
+    ok = sq > max(NORM_FLOOR**2, torch.finfo(sq.dtype).tiny)
+    inv = torch.where(ok, torch.rsqrt(torch.where(ok, sq, torch.ones_like(sq))), 0.0)
+    return xc * (rho * inv)
 
 
 def layernorm(x: Tensor, eps: float) -> Tensor:
@@ -96,6 +139,7 @@ def layernorm(x: Tensor, eps: float) -> Tensor:
     ([[-1.0, 1.0]], [-0.7071, 0.7071])
     """
     if eps > 0:
+        _record(x)
         return F.layer_norm(x, (x.shape[-1],), eps=eps)
     return sphere_layernorm(x)
 

@@ -1,0 +1,143 @@
+"""Why trained networks stall: the LayerNorm singularity, measured (docs/training.md, section 4).
+
+    python -m benchmarks.singular [--depths 2 8] [--out benchmarks/results/study/singular.json]
+
+The closing-note setup (L-RN1, digits, width 32, 30 per class, lam = 0.005, seed 0, all
+defaults: 1000 Adam epochs + 1000 L-BFGS iterations), trained fresh at each depth.  For each
+trained network, in float64 with the embedding at its representative scale:
+
+* ``ln_margin``: :func:`gufm.deep.conditioning.layernorm_margin` (smallest relative centred
+  input norm of a sample at a LayerNorm, its sample and call);
+* ``relu_near_zero``: relu inputs within 1e-6 and 1e-8 of 0 *relative to the largest one of
+  their own sample and layer* (the network is homogeneous per sample, so that is the scale a
+  kink is measured on), and the same counts relative to the largest one of the whole network
+  as training returns it, embedding shrunk (the count an earlier session reported);
+* ``curvature``: the second difference of the reduced objective along the unit reduced
+  gradient, :math:`(f(t) - 2f(0) + f(-t))/t^2` at ``t = 1e-6``, and the first-order decrease
+  the gradient promises over that step;
+* the training result (gap, ``converged``, ``grad_norm``, ``stop_reason``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+
+def diagnose(depth: int) -> dict[str, Any]:
+    """Train one depth and measure it (module docstring)."""
+    import torch
+
+    import gufm.deep.nets.blocks as B
+    from gufm.deep.conditioning import layernorm_margin
+    from gufm.deep.data import load_dataset
+    from gufm.deep.invariance import invariant_groups, normalize_groups, reference_norm
+    from gufm.deep.objective import full_objective
+    from gufm.deep.pipeline import train_and_compare
+
+    torch.set_num_threads(1)
+    ds = load_dataset("digits", n_per_class=30, seed=0)
+    keep: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    import tempfile
+    from pathlib import Path
+
+    from gufm.deep.checkpoint import load_network
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.pt"
+        out = train_and_compare("rn1", depth, 32, ds, None, 1000, 0.005, 0.005, 0, save=path)
+        model, _ = load_network(path)
+    keep["seconds"] = time.perf_counter() - t0
+    model.double()
+    X, y = ds.X.double(), ds.y
+    # relu inputs near 0, per sample and layer, and against the network's largest one
+    pre: list[torch.Tensor] = []
+    relu = B.torch.relu
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        pre.append(x.detach())
+        return relu(x)
+
+    B.torch.relu = recording
+    try:
+        with torch.no_grad():
+            model(X)
+    finally:
+        B.torch.relu = relu
+    whole = max(float(z.abs().max()) for z in pre)
+    per_sample = {t: sum(int((z.abs() <= t * z.abs().amax(1, keepdim=True)).sum()) for z in pre)
+                  for t in (1e-6, 1e-8)}
+    global_count = {t: sum(int((z.abs() <= t * whole).sum()) for z in pre) for t in (1e-6, 1e-8)}
+
+    groups = invariant_groups(model)
+    normalize_groups(groups, reference_norm(model))
+    exclude = frozenset(id(p) for g in groups for p in g)
+    params = list(model.parameters())
+    m = layernorm_margin(model, X)
+
+    # curvature of the reduced objective along the unit reduced gradient
+    def objective() -> float:
+        return full_objective(model, X, y, lam=0.005, loss="ce", exclude=exclude)["objective"]
+
+    for p in params:
+        p.grad = None
+    full_objective(model, X, y, lam=0.005, loss="ce", backward=True, exclude=exclude)
+    g = torch.cat([p.grad.reshape(-1) for p in params])
+    inv = torch.cat([(p.detach() if id(p) in exclude else torch.zeros_like(p)).reshape(-1)
+                     for p in params])
+    inv = inv / inv.norm()
+    g = g - inv * (inv @ g)  # the invariant (embedding scale) direction taken out
+    u = -g / g.norm()
+    theta0 = [p.detach().clone() for p in params]
+
+    def at(t: float) -> float:
+        off = 0
+        with torch.no_grad():
+            for p, p0 in zip(params, theta0, strict=True):
+                n = p.numel()
+                p.copy_(p0 + t * u[off:off + n].reshape(p.shape))
+                off += n
+        return objective()
+
+    t = 1e-6
+    f0, fp, fm = at(0.0), at(t), at(-t)
+    at(0.0)
+    return {
+        "depth": depth, **{k: out[k] for k in ("gap", "converged", "grad_norm", "stop_reason")},
+        "train_seconds": keep["seconds"],
+        "ln_margin": {"ratio": m.ratio, "sample": m.sample, "call": m.call, "calls": m.calls},
+        "relu_near_zero_per_sample": {f"{k:g}": v for k, v in per_sample.items()},
+        "relu_near_zero_vs_network_max": {f"{k:g}": v for k, v in global_count.items()},
+        "relu_inputs": sum(int(z.numel()) for z in pre),
+        "reduced_grad_norm": float(g.norm()),
+        "curvature_along_gradient": (fp - 2 * f0 + fm) / t**2,
+        "first_order_decrease_at_t": float(g.norm()) * t,
+        "second_order_increase_at_t": (fp - 2 * f0 + fm) / 2,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from benchmarks._common import machine, write_json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--depths", type=int, nargs="+", default=[2, 8])
+    ap.add_argument("--out", default=None, help="write the JSON here")
+    a = ap.parse_args(argv)
+    rows = []
+    for L in a.depths:
+        r = diagnose(L)
+        rows.append(r)
+        print(f"L={L}: gap {r['gap']:.5f} converged {r['converged']}; ln margin "
+              f"{r['ln_margin']['ratio']:.1e} (sample {r['ln_margin']['sample']}); relu inputs "
+              f"within 1e-8 of 0 per sample {r['relu_near_zero_per_sample']['1e-08']}, vs the "
+              f"network max {r['relu_near_zero_vs_network_max']['1e-08']} of {r['relu_inputs']}; "
+              f"curvature along the gradient {r['curvature_along_gradient']:.2e}", flush=True)
+    out = {"benchmark": "singular", "machine": machine(), "rows": rows}
+    write_json(out, a.out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
