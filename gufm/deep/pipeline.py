@@ -305,6 +305,10 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     return rows
 
 
+#: options of :func:`continuation_chain` alone (not of a single training run)
+CHAIN_OPTIONS = ("continue_epochs", "continue_lr", "fresh", "fresh_max_depth")
+
+
 def chain_sweep_metrics(kwargs_list: Sequence[dict[str, Any]], device: str = "cpu"
                         ) -> list[dict[str, Any]]:
     r"""The runs of one sweep row and seed at several depths, by :func:`continuation_chain`.
@@ -355,7 +359,8 @@ def chain_sweep_metrics(kwargs_list: Sequence[dict[str, Any]], device: str = "cp
                               lams=lams, **args)
     ds = _dataset(pos["dataset"], pos.get("n_per_class"),
                   {k: args[k] for k in DATA_OPTIONS if k in args})
-    train_kw = {k: v for k, v in args.items() if k not in DATA_OPTIONS + MODEL_OPTIONS}
+    train_kw = {k: v for k, v in args.items()
+                if k not in DATA_OPTIONS + MODEL_OPTIONS + CHAIN_OPTIONS}
     lam0 = lams[min(lams)]
     ref = embedding_only(ds, pos["width"], lam=lam0, loss=pos.get("loss", "ce"), lr=pos["lr"],
                          epochs=pos["epochs"], seed=pos["seed"], device=device, **train_kw)

@@ -35,6 +35,9 @@ class PresetRow:
     depths: tuple[int, ...] | None = None
     options: tuple[tuple[str, Any], ...] = ()
     note: str = ""
+    #: the row's samples per class and seeds (``"preset"``/None: the preset's)
+    n_per_class: int | None | str = "preset"
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,13 @@ class Preset:
         out: list[RunSpec] = []
         for r in self.rows:
             opts = dict(self.options) | dict(r.options) | dict(options or {})
+            row_n = self.n_per_class if r.n_per_class == "preset" else r.n_per_class
             out += expand_grid(
                 r.arch, depths if depths is not None else (r.depths or self.depths),
-                seeds if seeds is not None else self.seeds, r.dataset,
+                seeds if seeds is not None else (r.seeds or self.seeds), r.dataset,
                 lam=self.lam if lam is None else lam, lam_rule=r.lam_rule,
                 width=self.width if width is None else width,
-                n_per_class=self.n_per_class if n_per_class == "preset" else n_per_class,
+                n_per_class=row_n if n_per_class == "preset" else n_per_class,
                 epochs=self.epochs if epochs is None else epochs,
                 lr=r.lr if lr is None else lr, loss=self.loss if loss is None else loss,
                 options=opts, row=default_row_name(r.arch, r.dataset, r.lam_rule))
@@ -162,6 +166,26 @@ PRESETS: dict[str, Preset] = {
               PresetRow("rn2", "digits", lam_rule="inverse-depth")),
         depths=(2, 5, 13, 34), seeds=(0, 1), width=16, n_per_class=10, epochs=300,
         options=(("polish_steps", 300),), jobs=2),
+    "study": Preset(
+        name="study",
+        description="The committed depth study (benchmarks/results/study), scaled to a 2-core "
+                    "machine: L-RN1 and L-RN2 (lam/L) on digits (50 per class) and on "
+                    "Fashion-MNIST (100 per class, so N > 784), L-T11 on Fashion-MNIST 14x14 "
+                    "patches; width 64, lam 0.005, 200 Adam epochs + 200 L-BFGS iterations, "
+                    "3 seeds (L-T11: 1); continuation chains (fresh, split, continued at every "
+                    "depth; continued = the polish alone), fresh runs up to depth 8 (L-T11: 5), "
+                    "deeper by continuation; the L = 0 embedding-only reference per row.",
+        rows=(PresetRow("rn1", "digits", n_per_class=50, depths=(2, 3, 5, 8, 13, 21),
+                        options=(("fresh_max_depth", 8),)),
+              PresetRow("rn2", "digits", lam_rule="inverse-depth", n_per_class=50,
+                        depths=(2, 3, 5, 8)),
+              PresetRow("rn1", "fashion-mnist", depths=(2, 3, 5, 8)),
+              PresetRow("rn2", "fashion-mnist", lam_rule="inverse-depth", depths=(2, 3, 5, 8)),
+              PresetRow("t11", "fashion-mnist", depths=(2, 3, 5), seeds=(0,),
+                        options=(("patch_size", 14),))),
+        depths=(2, 3, 5, 8), seeds=(0, 1, 2), width=64, n_per_class=100, epochs=200,
+        options=(("polish_steps", 200), ("continuation", True), ("continue_epochs", 0)),
+        jobs=2),
 }
 
 

@@ -117,6 +117,26 @@ def test_presets_are_valid():
     assert rn2 and all(s.dataset == "mnist" and s.lam_rule == "inverse-depth" for s in rn2)
 
 
+def test_study_preset_states_the_committed_study():
+    """Per-row samples per class, seeds and depths; chains with the polish-only continuation;
+    fresh runs only up to depth 8 on L-RN1 / digits; overrides still apply to every row."""
+    specs = PRESETS["study"].specs()
+    rows = {}
+    for s in specs:
+        rows.setdefault(s.row, set()).add((s.n_per_class, s.seed, s.depth))
+    assert {n for n, _, _ in rows["L-RN1 / digits"]} == {50}
+    assert {n for n, _, _ in rows["L-RN1 / fashion-mnist"]} == {100}
+    assert {d for _, _, d in rows["L-RN1 / digits"]} == {2, 3, 5, 8, 13, 21}
+    assert {sd for _, sd, _ in rows["L-T11 / fashion-mnist"]} == {0}
+    assert {sd for _, sd, _ in rows["L-RN2 / digits (lam/L)"]} == {0, 1, 2}
+    assert all(dict(s.options)["continuation"] and dict(s.options)["continue_epochs"] == 0
+               for s in specs)
+    rn1 = [s for s in specs if s.row == "L-RN1 / digits"]
+    assert all(dict(s.options)["fresh_max_depth"] == 8 for s in rn1)
+    assert {s.n_per_class for s in PRESETS["study"].specs(n_per_class=10)} == {10}
+    assert {s.seed for s in PRESETS["study"].specs(seeds=[4])} == {4}
+
+
 # ----------------------------------------------------------------------------- table
 def test_table_resume_and_atomic_files(tmp_path):
     calls = []
