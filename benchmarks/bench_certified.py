@@ -154,6 +154,35 @@ def gauge_ablation(Ks: list[int], loss: str = "ce") -> list[dict[str, Any]]:
     return rows
 
 
+def lowrank_ablation(Ks: list[int], repeats: int = 2) -> list[dict[str, Any]]:
+    """The trust-region solve from the solver's start with dense Hessian-vector products and
+    with diagonal-plus-low-rank ones (:mod:`gufm.solvers.lowrank`), best of ``repeats``.
+
+    Distinct counts, CE, d = K + 1: where the factorisation starts to pay
+    (:data:`gufm.solvers.riemannian.LOWRANK_MIN_K`).
+    """
+    import numpy as np
+
+    from gufm.solvers.reduced import ReducedParametrisation, initial_point
+    from gufm.solvers.riemannian import LOWRANK_TOL, trust_region
+
+    rows = []
+    for K in Ks:
+        prob, _ = _problem("distinct", "ce", K).normalised()
+        x0 = ReducedParametrisation(prob, K).pack(*initial_point(prob, K, "auto",
+                                                                np.random.default_rng(0)))
+        for name, tol in (("dense", None), ("low rank", LOWRANK_TOL)):
+            def solve(tol=tol, prob=prob, K=K, x0=x0):
+                return trust_region(prob, K, x0, lowrank=tol)
+
+            tr, sec, loads, _ = best_of(solve, repeats)
+            rows.append({"K": K, "products": name, "seconds": sec, "hessian_products": tr.nhess,
+                         "outer_iterations": tr.nit, "value": tr.fun, "load_average": loads})
+            print(f"  low rank K={K} {name:8s}: {sec:.3f} s, {tr.nhess} Hessian products",
+                  flush=True)
+    return rows
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """All series, slopes and comparison rows (see the module docstring)."""
     import pymanopt  # noqa: F401 - the baseline is required: a missing one is an error entry
@@ -208,7 +237,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--gauge", action="store_true",
                     help="only the gauge ablation (Hessian products from the ETF in the Helmert "
                          "and the centred gauge, K = 100, 300, 1000)")
+    ap.add_argument("--lowrank", action="store_true",
+                    help="only the dense against low-rank Hessian products comparison (K = 300, "
+                         "500, 700, 1000)")
     a = ap.parse_args(argv)
+    if a.lowrank:
+        out = {"benchmark": "certified_lowrank", "machine": machine(),
+               "rows": lowrank_ablation([300, 500] if a.quick else [300, 500, 700, 1000])}
+        write_json(out, a.out)
+        return out
     if a.gauge:
         out = {"benchmark": "certified_gauge", "machine": machine(),
                "rows": gauge_ablation([100, 300] if a.quick else [100, 300, 1000])}

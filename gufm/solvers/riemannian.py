@@ -66,8 +66,9 @@ class TrustRegionResult:
 #: default relative tolerance of the low-rank Hessian products (gufm.solvers.lowrank): at
 #: 1e-6 the trust region needs as many products as with exact ones (measured up to K = 3000)
 LOWRANK_TOL = 1e-6
-#: below this many classes dense products are cheap enough
-LOWRANK_MIN_K = 200
+#: from this many classes on the factorisation pays (distinct CE, d = K + 1:
+#: ``python -m benchmarks.bench_certified --lowrank``)
+LOWRANK_MIN_K = 700
 
 
 def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: list[Array],
@@ -140,7 +141,7 @@ def trust_region(
     stall_window: int = 25,
     stall_rtol: float = 1e-12,
     mixed: bool = True,
-    lowrank: float | None = LOWRANK_TOL,
+    lowrank: float | str | None = "auto",
     verbose: bool = False,
 ) -> TrustRegionResult:
     """Minimise the reduced GUFM by Riemannian trust regions (Newton with truncated CG).
@@ -186,11 +187,13 @@ def trust_region(
         as fast; everything else, the gradient and the values stay float64): an inexact
         Newton direction whose relative error ~1e-6 is far below the inner CG tolerance, so the
         outer iteration keeps its convergence; torch devices always use float64.
-    lowrank : float or None
-        With numpy and at least :data:`LOWRANK_MIN_K` classes, the Hessian-vector products
-        use diagonal-plus-low-rank approximations of ``W``, ``H`` and the loss gradient at
-        each outer iterate (:mod:`gufm.solvers.lowrank`) whenever they meet this relative
-        tolerance, else the (mixed-precision) dense products.  ``None``: always dense.
+    lowrank : float, "auto" or None
+        A relative tolerance: with numpy, the Hessian-vector products use
+        diagonal-plus-low-rank approximations of ``W``, ``H`` and the loss gradient at each
+        outer iterate (:mod:`gufm.solvers.lowrank`) whenever they meet it, else the
+        (mixed-precision) dense products.  ``"auto"``: :data:`LOWRANK_TOL` from
+        :data:`LOWRANK_MIN_K` classes on (below, the factorisation costs more than it saves);
+        ``None``: always dense.
     verbose : bool
         Print one line per outer iteration.
 
@@ -212,7 +215,11 @@ def trust_region(
     """
     man = ReducedManifold(prob, p, device)
     man.mixed = bool(mixed) and device is None
-    if lowrank is not None and device is None and prob.K >= LOWRANK_MIN_K:
+    if isinstance(lowrank, str):
+        if lowrank != "auto":
+            raise ValueError(f"lowrank must be a tolerance, 'auto' or None, got {lowrank!r}")
+        lowrank = LOWRANK_TOL if prob.K >= LOWRANK_MIN_K else None
+    if lowrank is not None and device is None:
         man.lowrank_tol = float(lowrank)
     x = man.from_flat(x0)
     f, g, cache = man.cost_grad(x)
