@@ -171,6 +171,11 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+#: a row whose body regularisation stays below this share of the gap at every depth is flagged
+#: as "blocks switched off"
+BLOCKS_OFF_SHARE = 0.01
+
+
 def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
     r"""Markdown of the sandwich :math:`F^\star_{\text{GUFM}} \le` best e2e network, per row
     and depth, with the flags of docs/training.md (section 6).
@@ -180,9 +185,11 @@ def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
     regularisation and body regularisation :math:`\times L`, the local log-log slope of the
     mean gap between consecutive depths, converged runs, and (continuation sweeps) the mean
     gap of each kind.  Above each table the L = 0 reference (embedding only; measured by
-    continuation sweeps) and two flags: a row whose gap grows with depth (a positive local
-    slope at the deepest depths), and a row where the embedding alone reaches the GUFM
-    (:math:`N \le` the rank of the inputs, or an embedding-only gap below 1e-6).
+    continuation sweeps) and three flags: a row whose gap grows with depth (a positive local
+    slope at the deepest depths), a row where the embedding alone reaches the GUFM
+    (:math:`N \le` the rank of the inputs, or an embedding-only gap below 1e-6), and a row
+    whose blocks are switched off (body regularisation below :data:`BLOCKS_OFF_SHARE` of the
+    gap at every depth: its trend does not come from depth).
 
     Examples
     --------
@@ -190,6 +197,9 @@ def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
     >>> w = pd.DataFrame({"row": ["r"] * 2, "depth": [2, 4], "gap": [0.1, 0.2],
     ...                   "gufm_optimum": [0.05] * 2, "e2e_objective": [0.15, 0.25]})
     >>> any("FLAG" in line and "grows" in line for line in sandwich_section(w, ["r"]))
+    True
+    >>> w["body_regularization"] = [1e-5, 1e-5]
+    >>> any("switched off" in line for line in sandwich_section(w, ["r"]))
     True
     """
     out = ["## The sandwich: certified GUFM optimum <= best network", ""]
@@ -220,6 +230,15 @@ def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
             out.append(f"- **FLAG: the embedding alone reaches the GUFM optimum** (N = {n:.0f}, "
                        f"input rank {rank:.0f}, embedding-only gap {emb:.3g}): this row says "
                        "nothing about depth.")
+        share = [mean("body_regularization", L) / gap for L, gap in zip(depths, gaps,
+                                                                          strict=True)
+                 if gap > 0 and math.isfinite(mean("body_regularization", L))]
+        if share and max(share) < BLOCKS_OFF_SHARE:
+            out.append("- **FLAG: the blocks are switched off** (body regularisation below "
+                       f"{BLOCKS_OFF_SHARE:.0%} of the gap at every depth, at most "
+                       f"{max(share):.2g}): the networks are about the embedding alone, and the "
+                       "row's trend comes from the GUFM optimum (lam/L) and the head, not "
+                       "from building features with depth.")
         tail = [v for v in local[-2:] if math.isfinite(v)]
         if tail and max(tail) > 0:
             out.append("- **FLAG: the gap grows with depth** (local slopes at the deepest "

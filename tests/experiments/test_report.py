@@ -104,3 +104,20 @@ def test_report_empty_folder(tmp_path):
     with pytest.raises(ValueError, match="no finished runs"):
         make_report(tmp_path / "empty")
     assert main(["report", str(tmp_path / "empty")]) == 2
+
+
+def test_sandwich_flags_switched_off_blocks_only_when_they_are():
+    import pandas as pd
+
+    from gufm.experiments.report import sandwich_section
+
+    w = pd.DataFrame({"row": ["r"] * 3, "depth": [2, 4, 8], "gap": [0.3, 0.2, 0.1],
+                      "gufm_optimum": [0.05] * 3, "e2e_objective": [0.35, 0.25, 0.15]})
+
+    def flagged(body):
+        lines = sandwich_section(w.assign(body_regularization=body), ["r"])
+        return any("switched off" in line for line in lines)
+
+    assert flagged([1e-5, 1e-5, 1e-5])           # below 1% of the gap everywhere
+    assert not flagged([1e-5, 1e-5, 0.01])       # 10% of the gap at the deepest depth
+    assert not flagged([0.1, 0.1, 0.05])
