@@ -168,7 +168,8 @@ PRESETS: dict[str, Preset] = {
         options=(("polish_steps", 300),), jobs=2),
     "study": Preset(
         name="study",
-        description="The committed depth study (benchmarks/results/study), scaled to a 2-core "
+        description="The committed depth study (benchmarks/results/study_sweep), scaled to a "
+                    "2-core "
                     "machine: L-RN1 and L-RN2 (lam/L) on digits (50 per class) and on "
                     "Fashion-MNIST (100 per class, so N > 784), L-T11 on Fashion-MNIST 14x14 "
                     "patches; width 64, lam 0.005, 200 Adam epochs + 200 L-BFGS iterations, "
