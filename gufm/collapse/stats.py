@@ -7,25 +7,34 @@ metric of :data:`gufm.collapse.metrics.METRICS` needs, at cost :math:`O(NdK)` an
 :math:`O(Kd)` plus one ``block x d`` buffer (see docs/metrics.md, section 1).
 
 Pass 1
-    Class counts :math:`n_k`, **shifted** class sums :math:`s_k = \sum_{y_i=k}(h_i - c_k)` and
-    squared norms :math:`\sum_{y_i=k}\lVert h_i - c_k\rVert^2` (the shift :math:`c_k` is the mean
-    of class ``k`` in the first block that holds it), so that
-
-    .. math:: \sum_{y_i=k}\lVert h_i-\mu_k\rVert^2 = \sum_{y_i=k}\lVert h_i-c_k\rVert^2
-              - \lVert s_k\rVert^2/n_k
-
-    is exact up to rounding at the scale of the within-class spread (no cancellation of
-    :math:`\sum\lVert h\rVert^2 - n\lVert\mu\rVert^2`).
+    Class counts :math:`n_k` and class sums of the rows shifted by one common vector :math:`c`
+    (the mean of the first block): :math:`s_k = \sum_{y_i=k}(h_i - c)`, in blocks of the data's
+    precision added in ``dtype``.  The shift removes the common offset of the features before
+    float32 rounding, so the means :math:`\mu_k = c + s_k/n_k` carry rounding at the scale of
+    the between-class spread, not of :math:`\lVert\mu_k\rVert`.
 Between the passes
-    The class means :math:`\mu_k = c_k + s_k/n_k` and an orthonormal basis :math:`Q`
-    (``d x r``, :math:`r = \min(d, K-1)`) of the span of the centred means.
+    The class means and an orthonormal basis :math:`Q` (``d x r``, :math:`r = \min(d, K-1)`) of
+    the span of the centred means; :math:`\tilde\mu_k`, the means rounded to the data's precision.
 Pass 2
-    One product :math:`h_i^\top[Q, W^\top]` per sample gives the projections
-    :math:`p_i = Q^\top(h_i - \mu_{y_i})` (their ``r x r`` scatter is all NC1 needs:
-    :math:`u^\top\Sigma_W u` for :math:`u` in the span), the cosines of NC3, the classifier's
-    decision :math:`\arg\max_k w_k^\top h_i + b_k` and the nearest-class-centre decision of NC4
-    (in the projected space: :math:`\lVert h - \mu_k\rVert^2 - \lVert Q^\top(h - \mu_k)\rVert^2`
-    is the same for every ``k``, because all :math:`\mu_k - \mu_j` lie in the span).
+    The residuals :math:`r_i = h_i - \tilde\mu_{y_i}` (a gather and a subtraction) and one
+    product :math:`r_i^\top[Q, W^\top]` per sample give: the squared norms
+    :math:`\lVert r_i\rVert^2` (within-class sums of squares, corrected for the rounding of
+    :math:`\tilde\mu_k` by
+
+    .. math:: \sum_{y_i=k}\lVert h_i-\mu_k\rVert^2 = \sum_{y_i=k}\lVert r_i\rVert^2
+              - \lVert t_k\rVert^2/n_k, \quad t_k = \textstyle\sum_{y_i=k} r_i
+              = n_k(\mu_k - \tilde\mu_k),
+
+    where the part of :math:`t_k` in the span of :math:`Q` is accumulated (:math:`Q^\top t_k`)
+    and the rest taken from the pass-1 means: no cancellation of
+    :math:`\sum\lVert h\rVert^2 - n\lVert\mu\rVert^2`); the projections
+    :math:`p_i = Q^\top r_i` (their ``r x r`` scatter is all NC1 needs: :math:`u^\top\Sigma_W u`
+    for :math:`u` in the span); the cosines of NC3 (:math:`w_k^\top h_i = w_k^\top r_i +
+    w_k^\top\tilde\mu_{y_i}`, over :math:`\lVert h_i\rVert` from the row itself); the
+    classifier's decision :math:`\arg\max_k w_k^\top h_i + b_k` and the nearest-class-centre
+    decision of NC4 (in the projected space:
+    :math:`\lVert h - \mu_k\rVert^2 - \lVert Q^\top(h - \mu_k)\rVert^2` is the same for every
+    ``k``, because all :math:`\mu_k - \mu_j` lie in the span).
 
 With ``passes=1`` the engine keeps the ``d x d`` within-class scatter instead (one pass, cost
 :math:`O(d^2)` per sample; NC4 is then not available, since its decision needs the final means).
@@ -48,7 +57,7 @@ __all__ = ["CollapseStats", "StatsEngine", "collapse_stats", "cosine_sum"]
 
 #: above this many classes the one-pass cosine numerators use a gather, not a (block x K) product
 _GEMM_CLASSES = 256
-#: up to this many classes the class sums of a block are an indicator-matrix product
+#: up to this many classes the class sums of a block are an indicator-matrix product (GPU)
 _GEMM_CLASSES_SUM = 64
 
 
@@ -134,10 +143,12 @@ class CollapseStats:
         return Mc
 
 
-def cosine_sum(num: torch.Tensor, H: torch.Tensor, wnorm: torch.Tensor) -> torch.Tensor:
+def cosine_sum(num: torch.Tensor, H: torch.Tensor | None, wnorm: torch.Tensor, *,
+               hnorm: torch.Tensor | None = None) -> torch.Tensor:
     r""":math:`\sum_i \cos(h_i, w_{y_i})` from the numerators :math:`h_i^\top w_{y_i}`, the rows
-    ``H`` and :math:`\lVert w_{y_i}\rVert`; :math:`\cos(x, 0) = 0`.  Each cosine in the precision
-    of ``wnorm`` (a cosine lies in [-1, 1]: float32 is exact to 1e-7), summed in float64.
+    ``H`` (or their norms ``hnorm``) and :math:`\lVert w_{y_i}\rVert`; :math:`\cos(x, 0) = 0`.
+    Each cosine in the precision of ``wnorm`` (a cosine lies in [-1, 1]: float32 is exact to
+    1e-7), summed in float64.
 
     Examples
     --------
@@ -146,8 +157,12 @@ def cosine_sum(num: torch.Tensor, H: torch.Tensor, wnorm: torch.Tensor) -> torch
     >>> float(cosine_sum(torch.tensor([0., 2., 4.]), H, torch.tensor([1., 1., 1.])))
     2.0
     """
-    den = torch.linalg.vector_norm(H, dim=1).to(wnorm.dtype) * wnorm
-    return (num.to(wnorm.dtype) / (den + (den == 0))).sum(dtype=torch.float64)
+    if hnorm is None:
+        assert H is not None
+        hnorm = torch.linalg.vector_norm(H, dim=1)
+    den = hnorm.to(wnorm.dtype) * wnorm
+    zero = den == 0  # (a numerator assembled from parts may be rounding, not 0, there)
+    return (num.to(wnorm.dtype) * ~zero / (den + zero)).sum(dtype=torch.float64)
 
 
 class StatsEngine:
@@ -180,19 +195,18 @@ class StatsEngine:
         self._b: torch.Tensor | None = None
         self._ood_s: torch.Tensor | None = None
         self._ood_n = 0
-        self._cos_first = False
 
     def _init_state(self, like: torch.Tensor) -> None:
         if self.device is None:
             self.device = like.device
-        # pass 1 (elementwise work on every entry): cache-resident blocks on a one-thread CPU;
-        # pass 2 (one product per block, then (block, K) work) and several threads (each op a
-        # parallel region: few, large ones): large blocks
+        # cache-resident blocks (a few MB): every block is read by several operations (a
+        # subtraction, then a product or a scatter, then norms); on GPUs large blocks (fewer
+        # kernel launches)
         cpu = self.device.type == "cpu"
         big = min(8192, max(256, 2**22 // self.d)) if cpu else max(2048, 2**25 // self.d)
-        small = max(64, 2**18 // self.d) if cpu and torch.get_num_threads() == 1 else big
+        small = max(256, 2**20 // self.d) if cpu else big
         self._bs1 = self.block_size or (small if self.passes == 2 else big)
-        self._bs2 = self.block_size or big
+        self._bs2 = self.block_size or small
         self.block_size = self.block_size or big
         self._work = torch.float64 if like.dtype == torch.float64 else torch.float32
         z = {"dtype": self.dtype, "device": self.device}
@@ -203,14 +217,17 @@ class StatsEngine:
         self._shift_w = torch.zeros(K, d, dtype=self._work, device=self.device)
         self._has_shift = torch.zeros(K, dtype=torch.bool, device=self.device)
         self._all_shifted = False
+        self._c_w: torch.Tensor | None = None  # the common shift of pass 1 (passes=2)
         self._S = torch.zeros(d, d, **z) if self.passes == 1 else None
         # per-block work buffers, reused (fresh large allocations page-fault on every block)
         bmax = max(self._bs1, self._bs2)
-        self._Rbuf = torch.empty(self._bs1, d, dtype=self._work, device=self.device)
+        self._Rbuf = torch.empty(bmax, d, dtype=self._work, device=self.device)
         self._Cbuf = torch.empty(bmax, d, dtype=self._work, device=self.device)
         self._Kbuf = torch.empty(K, d, dtype=self._work, device=self.device)
-        self._Ybuf = (torch.empty(K, self._bs1, dtype=self._work, device=self.device)
-                      if K <= _GEMM_CLASSES_SUM else None)
+        # class sums of a block: a scatter on CPUs (measured 1.7-2x faster than the indicator
+        # product for K = 10, d = 512, one or two threads), the product on GPUs
+        self._Ybuf = (torch.empty(K, bmax, dtype=self._work, device=self.device)
+                      if K <= _GEMM_CLASSES_SUM and not cpu else None)
         if self._W is not None:
             self.set_classifier(self._W, self._b)
         self._ready = True
@@ -234,10 +251,10 @@ class StatsEngine:
         H = H.to(device=self.device, dtype=self._work)
         if H.shape[0] == 0:
             return
-        if self._pass == 1:
-            # the cosines go with pass 1 when W is known then (its blocks are in cache)
-            self._cos_first = self._W is not None
-            self._update_shifted(H, y, scatter=self.passes == 1)
+        if self.passes == 1:
+            self._update_shifted(H, y, scatter=True)
+        elif self._pass == 1:
+            self._update_first(H, y)
         else:
             self._update_second(H, y)
 
@@ -260,7 +277,7 @@ class StatsEngine:
 
     def _class_sum(self, out: torch.Tensor, y: torch.Tensor, X: torch.Tensor) -> None:
         """``out[k] += sum_{y_i = k} X_i`` in ``out``'s precision (``out`` is ``K x d``)."""
-        if self.K <= _GEMM_CLASSES_SUM:  # indicator product: a (multi-threaded) matrix product
+        if self._Ybuf is not None:  # GPU, few classes: an indicator product (no atomics)
             Y = self._Ybuf[:, : y.shape[0]].zero_()
             Y.scatter_(0, y[None, :], 1.0)
             out += torch.mm(Y, X, out=self._Kbuf)
@@ -273,9 +290,21 @@ class StatsEngine:
         if not all(bool(torch.isfinite(x).all()) for x in xs):
             raise ValueError(f"{self.name} contains NaN or inf (or values whose squares overflow)")
 
+    def _update_first(self, H: torch.Tensor, y: torch.Tensor) -> None:
+        """Pass 1 of ``passes=2``: counts and class sums of the rows shifted by ``c``."""
+        s_b = torch.zeros(self.K, self.d, dtype=self.dtype, device=self.device)
+        for Hb, yb in self._blocks(H, y, self._bs1, copy=False):
+            if self._c_w is None:  # the common shift: the mean of the first block
+                self._c_w = Hb.mean(0, dtype=self.dtype).to(self._work)
+            R = torch.sub(Hb, self._c_w, out=self._Rbuf[: yb.shape[0]])
+            self._class_sum(s_b, yb, R)
+        self._check_finite(s_b)
+        self._n += torch.bincount(y, minlength=self.K)
+        self._s += s_b
+
     def _update_shifted(self, H: torch.Tensor, y: torch.Tensor, *, scatter: bool) -> None:
-        """Shifted class sums and squared norms; with ``scatter`` also the d x d scatter and
-        the cosines (one-pass mode)."""
+        """One-pass mode: class sums and squared norms shifted per class, the cosines and,
+        with ``scatter``, the d x d scatter."""
         z = {"dtype": self.dtype, "device": self.device}
         K, d = self.K, self.d
         shift, shift_w, has = self._shift, self._shift_w, self._has_shift
@@ -318,33 +347,40 @@ class StatsEngine:
             self._S += S_b
 
     def _update_second(self, H: torch.Tensor, y: torch.Tensor) -> None:
-        """Projections onto Q shifted by the projected means; cosines and both decisions."""
+        """Pass 2: residuals from the rounded means, their squared norms and projections, the
+        cosines and both decisions."""
         z = {"dtype": self.dtype, "device": self.device}
         r, K = self._Q.shape[1], self.K
         p_b, SP_b = torch.zeros(K, r, **z), torch.zeros(r, r, **z)
-        cos_b = torch.zeros((), **z)
+        ss_b, cos_b = torch.zeros(K, **z), torch.zeros((), **z)
         dis_b = torch.zeros((), dtype=torch.int64, device=self.device)
-        cos_here = self._W is not None and not self._cos_first
-        # (a product takes a transposed block as it is: no copy unless the rows are read)
-        for Hb, yb in self._blocks(H, y, self._bs2, copy=cos_here):
-            G = torch.mm(Hb, self._A, out=self._Gbuf[: yb.shape[0]])  # (b, r [+ K] + pad)
-            Pw = G[:, :r] - torch.index_select(self._QM_w, 0, yb)  # Q^T (h_i - mu_{y_i})
-            P = Pw.to(self.dtype)
+        withW = self._W is not None
+        for Hb, yb in self._blocks(H, y, self._bs2, copy=False):
+            b = yb.shape[0]
+            R = torch.index_select(self._mu_w, 0, yb, out=self._Rbuf[:b])
+            R = torch.sub(Hb, R, out=R)  # r_i = h_i - mu~_{y_i}
+            rn2 = torch.linalg.vector_norm(R, dim=1).square_().to(self.dtype)
+            ss_b.index_add_(0, yb, rn2)
+            G = torch.mm(R, self._A, out=self._Gbuf[:b])  # (b, r [+ K] + pad)
+            P = G[:, :r].to(self.dtype)  # Q^T (h_i - mu~_{y_i})
             p_b.index_add_(0, yb, P)
             SP_b += P.T @ P
-            if self._W is not None:
-                S = G[:, r:r + K]  # w_k^T h_i
-                if cos_here:
-                    cos_b += cosine_sum(S.gather(1, yb[:, None]).squeeze(1), Hb, self._wn[yb])
-                # both decisions in one argmax: argmax_k w_k^T h + b_k, and
-                # argmin_k ||h - mu_k||^2 = argmax_k h^T(mu_k - mu_G) - ||mu_k - mu_G||^2/2
-                #                                  - mu_G^T(mu_k - mu_G)
-                dec = (G[:, r:r + 2 * K].unflatten(1, (2, K)) - self._dec_w).argmax(2)
-                dis_b += (dec[:, 0] != dec[:, 1]).sum()
-        self._check_finite(SP_b, p_b)
+            if withW:
+                # scores w_k^T h_i + b_k (classifier) and h_i^T(mu_k - mu_G) - ||mu_k - mu_G||^2/2
+                # - mu_G^T(mu_k - mu_G) (argmin_k ||h_i - mu_k||^2), from r_i and per-class tables
+                T = torch.index_select(self._dec_t, 0, yb)  # (b, 2K)
+                D1 = T[:, :K].add_(G[:, r:r + K])
+                D2 = torch.addmm(T[:, K:], G[:, :r], self._dec_B)
+                dis_b += (D1.argmax(1) != D2.argmax(1)).sum()
+                num = D1.gather(1, yb[:, None]).squeeze(1) - self._b_w[yb]
+                # ||h_i|| from the row itself: from ||r_i||, r_i^T mu~ and ||mu~|| it would lose
+                # its accuracy on rows near 0 (dead post-ReLU features), whose cosine is 0
+                cos_b += cosine_sum(num, Hb, self._wn[yb])
+        self._check_finite(SP_b, p_b, ss_b)
         self._n2 += torch.bincount(y, minlength=K)
         self._p += p_b
         self._SP += SP_b
+        self._ss += ss_b
         self._cos += cos_b
         self._dis += dis_b
 
@@ -354,26 +390,35 @@ class StatsEngine:
         empty = (self._n == 0).nonzero()
         if empty.numel():
             raise ValueError(f"labels: class {int(empty[0, 0])} has no samples")
-        mu = self._shift + self._s / n[:, None]  # (K, d): shifted sums, no cancellation
-        Mc = mu - (n @ mu) / n.sum()  # (K, d), rank <= K - 1
+        mu = self._c_w.to(self.dtype) + self._s / n[:, None]  # (K, d): shifted sums
+        muG = (n @ mu) / n.sum()
+        Mc = mu - muG  # (K, d), rank <= K - 1
         r = min(self.d, self.K - 1)
         self._Q = torch.linalg.svd(Mc.T, full_matrices=False)[0][:, :r].contiguous()
-        A = self._Q if self._W is None else torch.cat([self._Q, self._W.T, Mc.T], dim=1)
+        self._mu, self._mu_w = mu, mu.to(self._work).contiguous()
+        A = self._Q if self._W is None else torch.cat([self._Q, self._W.T], dim=1)
         pad = -A.shape[1] % 8  # column counts that are multiples of 8 hit the fast GEMM paths
         A = torch.cat([A, A.new_zeros(self.d, pad)], dim=1)
         self._A = A.to(self._work).contiguous()
         self._Gbuf = torch.empty(self._bs2, A.shape[1], dtype=self._work, device=self.device)
-        self._QM_w = (mu @ self._Q).to(self._work)  # projected shifts (K, r)
-        muG = (n @ mu) / n.sum()
-        ncc = (Mc * Mc).sum(1) / 2 + Mc @ muG
-        lin = torch.zeros_like(ncc) if self._b is None else -self._b
-        self._dec_w = torch.stack([lin, ncc]).to(self._work)  # (2, K) offsets
+        if self._W is not None:
+            K = self.K
+            mu_t = self._mu_w.to(self.dtype)  # the means the residuals are taken from
+            b = torch.zeros(K, **{"dtype": self.dtype, "device": self.device}) \
+                if self._b is None else self._b
+            # score_k(h_i) = [r_i^T w_k + mu~_y^T w_k + b_k,
+            #                 (Q^T r_i)^T Q^T Mc_k + mu~_y^T Mc_k - ||Mc_k||^2/2 - muG^T Mc_k]
+            ncc = (Mc * Mc).sum(1) / 2 + Mc @ muG
+            T = torch.cat([mu_t @ self._W.T + b, mu_t @ Mc.T - ncc], dim=1)  # (K, 2K)
+            self._dec_B = (self._Q.T @ Mc.T).to(self._work)  # (r, K)
+            self._dec_t = T.to(self._work)
+            self._b_w = b.to(self._work)
         self._n2 = torch.zeros_like(self._n)
         self._p = torch.zeros(self.K, r, dtype=self.dtype, device=self.device)
         self._SP = torch.zeros(r, r, dtype=self.dtype, device=self.device)
         self._dis = torch.zeros((), dtype=torch.int64, device=self.device)
-        if not self._cos_first:
-            self._cos.zero_()
+        self._ss.zero_()
+        self._cos.zero_()
         self._pass = 2
 
     # ------------------------------------------------------------------------- results
@@ -384,19 +429,23 @@ class StatsEngine:
             raise ValueError(f"labels: class {int(empty[0, 0])} has no samples")
         n = self._n.to(self.dtype)
         N, s = n.sum(), self._s
-        means = self._shift + s / n[:, None]
-        within = self._ss - (s * s).sum(1) / n
-        within = within * (within > 0)
         if self.passes == 1:
+            means = self._shift + s / n[:, None]
+            within = self._ss - (s * s).sum(1) / n
             Sw = (self._S - (s / n[:, None]).T @ s) / N
             mats = {"Sw": (Sw + Sw.T) / 2}
         else:
             if not torch.equal(self._n2, self._n):
                 raise ValueError("the second pass saw different data (class counts "
                                  f"{self._n2.tolist()} vs {self._n.tolist()} in the first pass)")
-            p = self._p
+            p, means = self._p, self._mu
+            # t_k = sum_{y_i = k} r_i: its part in span(Q) accumulated, the rest from pass 1
+            D = means - self._mu_w.to(self.dtype)
+            Dperp = D - (D @ self._Q) @ self._Q.T
+            within = self._ss - (p * p).sum(1) / n - n * (Dperp * Dperp).sum(1)
             Cp = (self._SP - (p / n[:, None]).T @ p) / N  # Q^T Sigma_W Q
             mats = {"Cp": (Cp + Cp.T) / 2, "Q": self._Q}
+        within = within * (within > 0)
         conv: Callable[[torch.Tensor], Array] = to_numpy if numpy else (lambda t: t)
         mats = {k: conv(v) for k, v in mats.items()}
         if self.passes == 1:

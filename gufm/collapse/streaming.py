@@ -15,12 +15,12 @@ Two modes
     :math:`O(d^2)` per sample, a matrix product).  Usable from a forward hook during training.
 ``passes=2``
     Two passes over the same data (a source that can be read twice may be read twice).  The
-    first accumulates class counts, shifted class sums and squared norms;
+    first accumulates class counts and class sums (shifted by one common vector);
     :meth:`~CollapseAccumulator.next_pass` fixes the class means and an orthonormal basis
     :math:`Q` (``d x min(d, K-1)``) of the span of the centred means; the second accumulates
-    the projections :math:`Q^\top(h_i - \mu_{y_i})` and their ``(K-1) x (K-1)`` scatter — all
-    that NC1 needs (:math:`u^\top\Sigma_W u` for :math:`u` in that span) — the cosines and the
-    two decisions of NC4.
+    the squared norms of :math:`h_i - \mu_{y_i}`, the projections :math:`Q^\top(h_i - \mu_{y_i})`
+    and their ``(K-1) x (K-1)`` scatter — all that NC1 needs (:math:`u^\top\Sigma_W u` for
+    :math:`u` in that span) — the cosines and the two decisions of NC4.
     Memory :math:`O(Kd)`, cost :math:`O(d\min(d, K))` per sample.
 
 NC3 and NC4 need the classifier during the pass: give ``W`` (and ``b``) to the constructor (or,
@@ -35,10 +35,10 @@ Numerics
 Statistics are accumulated in ``dtype`` (float64 by default) on ``device``; each batch is cut
 into blocks of ``block_size`` rows whose products run in the batch's own precision (float32
 batches stay float32 for the matrix products, summed across blocks in float64).  Within-class
-quantities use **shifted sums**: every sample is centred by a per-class shift :math:`c_k`
-before summing or squaring (the mean of the class in the first block that contains it; in the
-second pass of ``passes=2`` the projected first-pass mean :math:`Q^\top\mu_k`), and the exact
-shift correction
+quantities use **shifted sums**: every sample is centred by a shift :math:`c_k` close to its
+class mean before summing or squaring (with ``passes=1`` the mean of the class in the first
+block that contains it; in the second pass of ``passes=2`` the first-pass mean rounded to the
+batch's precision), and the exact shift correction
 
 .. math:: \sum_{y_i=k}(h_i-\mu_k)(h_i-\mu_k)^\top = \sum_{y_i=k} r_ir_i^\top - s_ks_k^\top/n_k,
           \quad r_i = h_i - c_{y_i},\ s_k = \textstyle\sum_{y_i=k} r_i,
@@ -106,11 +106,11 @@ class CollapseAccumulator(StatsEngine):
         Rows per block when processing a batch.  Bounds the temporaries to
         ``block_size x (d + K)`` regardless of batch size and the float32 rounding of the
         per-block products (blocks are summed in ``dtype``).  Default on CPU
-        ``min(8192, max(256, 2**22 // d))`` rows, and for the first pass of ``passes=2`` with one
-        torch thread ``max(64, 2**18 // d)`` (cache-resident: its work is elementwise); on GPUs
-        ``max(2048, 2**25 // d)`` (fewer kernel launches).  Class sums of a block are an
-        indicator-matrix product for K <= 64, a scatter into a per-block ``(K, d)`` buffer for
-        K up to ``block_size``, and a direct scatter into the accumulator for larger K.
+        ``min(8192, max(256, 2**22 // d))`` rows for ``passes=1`` and ``max(256, 2**20 // d)``
+        for both passes of ``passes=2`` (cache-resident: several operations read each block);
+        on GPUs ``max(2048, 2**25 // d)`` (fewer kernel launches).  Class sums of a block are a
+        scatter into a per-block ``(K, d)`` buffer on CPUs (an indicator-matrix product on GPUs
+        for K <= 64), and a direct scatter into the accumulator when K exceeds the block.
 
     Examples
     --------

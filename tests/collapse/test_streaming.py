@@ -82,6 +82,38 @@ def test_stream_float32_documented_tolerance(passes):
     assert_close(got, want, 1e-4)
 
 
+@pytest.mark.parametrize("passes", [1, 2])
+def test_stream_float32_collapsed_features(passes):
+    # near-collapsed float32 features: class means 1e3 apart, unit spread, common offset 1e3.
+    # The within-class statistics come from residuals about (rounded) class means, so their
+    # float32 rounding scales with the spread, not with the means: 1e-4 of float64 still holds
+    rng = np.random.default_rng(5)
+    K, d, N = 4, 16, 100_000
+    y = rng.integers(0, K, N)
+    y[:K] = np.arange(K)
+    H = 1e3 * rng.standard_normal((d, K))[:, y] + rng.standard_normal((d, N)) + 1e3
+    H32, W = H.astype(np.float32), rng.standard_normal((K, d))
+    want = M.collapse_report(H32.astype(np.float64), y, W)
+    assert want["nc1"] < 1e-5  # collapsed: the cancellation a naive sum of squares would hit
+    got = stream_report(batches_of(H32, y, 30_000), K, W, passes=passes)
+    assert_close(got, want, 1e-4)
+
+
+def test_zero_rows_have_cosine_zero_in_float32():
+    # dead (all-zero) feature rows next to far-away class means: cos(0, w) = 0 exactly, as in
+    # float64 -- the numerator w^T h assembled from w^T (h - mu) + w^T mu is rounding there
+    H, y, W = make_data(6, K=3, d=8, N=3000, offset=1e3)
+    H[:, ::3] = 0.0
+    H32 = H.astype(np.float32)
+    want = M.collapse_report(H32.astype(np.float64), y, W)
+    Hn, Wn = H32.astype(np.float64), W
+    cos = np.einsum("dn,nd->n", Hn, Wn[y]) / np.maximum(
+        np.linalg.norm(Hn, axis=0) * np.linalg.norm(Wn[y], axis=1), 1e-300)
+    assert want["nc3"] == pytest.approx(1 - cos.mean(), rel=1e-12)
+    got = stream_report(batches_of(H32, y, 1000), 3, W, passes=2)
+    assert abs(float(got["nc3"]) - want["nc3"]) <= 1e-7
+
+
 def test_torch_batches_and_outputs():
     H, y, W = make_data(3)
     want = M.collapse_report(H, y, W)
