@@ -189,10 +189,10 @@ PRESETS: dict[str, Preset] = {
         jobs=2),
     "study-deep": Preset(
         name="study-deep",
-        description="The depth study closer to the protocol (about 40 minutes on 2 cores): the "
+        description="The depth study closer to the protocol (about 85 minutes on 2 cores): the "
                     "rows of 'study' with 5 seeds, fresh runs at depths 2, 3, 5, 8, 13, 21 and "
                     "34, L-RN1 / digits continued to 55 and 89; L-T11 on Fashion-MNIST 14x14 "
-                    "patches at depths 2 to 13 (2 seeds); 300 Adam epochs + 300 L-BFGS "
+                    "patches at depths 2 to 13; 300 Adam epochs + 300 L-BFGS "
                     "iterations per network; continuation chains (continued = the polish "
                     "alone); the L = 0 embedding-only reference per row.",
         rows=(PresetRow("rn1", "digits", n_per_class=50, depths=PAPER_DEPTHS + (55, 89),
@@ -200,7 +200,7 @@ PRESETS: dict[str, Preset] = {
               PresetRow("rn2", "digits", lam_rule="inverse-depth", n_per_class=50),
               PresetRow("rn1", "fashion-mnist"),
               PresetRow("rn2", "fashion-mnist", lam_rule="inverse-depth"),
-              PresetRow("t11", "fashion-mnist", depths=(2, 3, 5, 8, 13), seeds=(0, 1),
+              PresetRow("t11", "fashion-mnist", depths=(2, 3, 5, 8, 13),
                         options=(("patch_size", 14),))),
         depths=PAPER_DEPTHS, seeds=(0, 1, 2, 3, 4), width=64, n_per_class=100, epochs=300,
         options=(("polish_steps", 300), ("continuation", True), ("continue_epochs", 0)),

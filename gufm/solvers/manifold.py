@@ -94,6 +94,23 @@ def frame_start(prob: GUFM, p: int) -> tuple[np.ndarray, np.ndarray | None, np.n
     return W, (np.zeros(K) if prob.has_bias else None), H
 
 
+def _dot(u: Array, v: Array) -> Array:
+    """``sum(u * v)``; for numpy one BLAS dot product, no ``u * v`` temporary (4x faster on
+    ``3000 x 3001`` blocks)."""
+    if isinstance(u, np.ndarray) and isinstance(v, np.ndarray):
+        return np.vdot(u, v)
+    return (u * v).sum()
+
+
+def _axpy(u: Array, s: float, v: Array) -> Array:
+    """``u + s v`` as a new array; for numpy with one allocation instead of two."""
+    if isinstance(u, np.ndarray) and isinstance(v, np.ndarray) and u.shape == v.shape:
+        out = np.multiply(v, s)
+        if out.dtype == np.result_type(u, out):  # (no silent down-cast into ``out``)
+            return np.add(u, out, out=out)
+    return u + s * v
+
+
 class ReducedManifold:
     """The reduced GUFM on ``R^{K x p} x [R^K] x (S^{p-1})^G`` (or free features for penalty).
 
@@ -186,19 +203,22 @@ class ReducedManifold:
     @staticmethod
     def inner(a: list[Array], b: list[Array]) -> float:
         """Euclidean inner product of two tangent vectors."""
-        return float(sum((u * v).sum() for u, v in zip(a, b, strict=True)))
+        return float(sum(_dot(u, v) for u, v in zip(a, b, strict=True)))
 
     @staticmethod
     def lin(a: list[Array], s: float, b: list[Array]) -> list[Array]:
-        """``a + s b``."""
-        return [u + s * v for u, v in zip(a, b, strict=True)]
+        """``a + s b`` (a new list of new arrays)."""
+        return [_axpy(u, s, v) for u, v in zip(a, b, strict=True)]
 
     def proj(self, x: list[Array], v: list[Array]) -> list[Array]:
         """Tangent projection ``v_H - u (uᵀ v_H)`` of the feature block (identity elsewhere)."""
         if not self.sphere:
             return list(v)
         U = x[-1]
-        return list(v[:-1]) + [v[-1] - U * (U * v[-1]).sum(0)]
+        if is_torch(U):
+            return list(v[:-1]) + [v[-1] - U * (U * v[-1]).sum(0)]
+        out = U * np.einsum("ij,ij->j", U, v[-1])  # column dots without a temporary
+        return list(v[:-1]) + [np.subtract(v[-1], out, out=out)]
 
     def retract(self, x: list[Array], v: list[Array]) -> list[Array]:
         """``x + v`` followed by normalising every feature (the sphere's metric projection)."""

@@ -159,3 +159,28 @@ def test_float32_hessian_products_reach_the_same_certified_point():
     assert mixed.message == exact.message == "gradient tolerance reached"
     assert mixed.fun == pytest.approx(exact.fun, rel=1e-11)
     assert mixed.grad_norm <= 1e-11 * max(1.0, mixed.fun)
+
+
+def test_manifold_vector_ops_match_their_formulas():
+    # the BLAS/one-allocation forms of inner, lin and proj equal the textbook expressions,
+    # never write into their inputs, and never down-cast (float64 a + s * float32 b)
+    from gufm.solvers.manifold import _axpy, _dot
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))
+    a0, b0 = a.copy(), b.copy()
+    assert _dot(a, b) == pytest.approx((a * b).sum(), rel=1e-14)
+    assert np.array_equal(_axpy(a, 0.3, b), a + 0.3 * b)
+    b32 = b.astype(np.float32)
+    out = _axpy(a, 0.3, b32)
+    assert out.dtype == np.float64 and np.array_equal(out, a + 0.3 * b32)
+    assert np.array_equal(a, a0) and np.array_equal(b, b0)
+    prob = gufm.GUFM(counts=[3, 2, 2], dim=4, lam_W=0.1)
+    man = ReducedManifold(prob, 4)
+    x = man.random_point(rng)
+    v = [rng.standard_normal(s.shape) for s in x]
+    U = x[-1]
+    want = v[-1] - U * (U * v[-1]).sum(0)
+    got = man.proj(x, v)
+    assert np.allclose(got[-1], want, rtol=0, atol=1e-15) and got[0] is v[0]
+    assert man.inner(v, v) == pytest.approx(sum(float((t * t).sum()) for t in v), rel=1e-14)
