@@ -18,6 +18,9 @@ the convex relaxation see.  Its conjugate is
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import numpy as np
 
 from gufm._util import check_choice
 from gufm.backend import Array, logsumexp, softmax, xlogx
@@ -99,8 +102,14 @@ def weighted_loss_grad(loss: str, Z: Array, Q: Array, p: Array) -> Array:
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array) -> tuple[Array, Array]:
+def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array,
+                           with_softmax: bool = False) -> tuple[Any, ...]:
     """Return ``(g(Z), grad g(Z))`` sharing the softmax computation for CE.
+
+    With ``with_softmax``, ``(g(Z), grad g(Z), S)``, ``S`` the column softmax for CE (the
+    loss curvature's ingredient) and ``None`` for MSE.  For numpy CE one exponential serves
+    both: with :math:`\tilde z = z - q^\top z`, :math:`\\ell = m + \\log\\sum e^{\tilde z - m}`
+    (the same operations as :func:`per_column_loss`) and :math:`s = e^{\tilde z - m}/\\sum`.
 
     Examples
     --------
@@ -113,9 +122,21 @@ def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array) -> tuple[Arr
     True
     """
     if loss == "ce":
-        val = (per_column_loss(loss, Z, Q) * p).sum()
-        return val, _ce_residual(softmax(Z, axis=0), Q) * p
-    return weighted_loss(loss, Z, Q, p), weighted_loss_grad(loss, Z, Q, p)
+        if isinstance(Z, np.ndarray):
+            E = Z - (Q * Z).sum(0)
+            m = E.max(0)
+            E -= m
+            np.exp(E, out=E)
+            tot = E.sum(0)
+            val = ((np.log(tot) + m) * p).sum()
+            S = np.divide(E, tot, out=E)
+        else:
+            val = (per_column_loss(loss, Z, Q) * p).sum()
+            S = softmax(Z, axis=0)
+        Y = _ce_residual(S, Q) * p
+        return (val, Y, S) if with_softmax else (val, Y)
+    out = weighted_loss(loss, Z, Q, p), weighted_loss_grad(loss, Z, Q, p)
+    return (*out, None) if with_softmax else out
 
 
 def conjugate(loss: str, Y: Array, Q: Array, p: Array, simplex_tol: float = 1e-12) -> float:

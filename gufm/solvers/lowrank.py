@@ -8,7 +8,10 @@ distinct counts, ``W``, ``H`` and the loss gradient ``Y`` are
 :math:`O(K p r)` instead of six :math:`K \times K \times p` matrix products
 (:meth:`gufm.solvers.manifold.ReducedManifold.hess`).  The approximation only changes the
 inner conjugate-gradient solves (an inexact Newton direction, like the float32 products);
-values, gradients and the certificate stay exact.
+values, gradients and the certificate stay exact.  With mixed precision the factors are
+cast to float32 and the whole product runs in float32 with in-place updates
+(:meth:`gufm.solvers.manifold.ReducedManifold.hess`), and the preconditioner's diagonal
+comes from the factors too (:meth:`DiagLowRank.hadamard_square`).
 
 :func:`compress` finds the factors by a randomized range finder (Halko, Martinsson & Tropp
 2011, one power iteration) on the off-diagonal part with its diagonal imputed from the
@@ -49,6 +52,34 @@ class DiagLowRank:
     @property
     def rank(self) -> int:
         return int(self.U.shape[1])
+
+    def astype(self, dtype: type) -> DiagLowRank:
+        """The same factors in ``dtype`` (e.g. float32 for inexact Hessian products)."""
+        return DiagLowRank(self.d.astype(dtype), self.U.astype(dtype), self.V.astype(dtype),
+                           self.shape, self.error)
+
+    def hadamard_square(self) -> DiagLowRank:
+        r""":math:`M \circ M` (entrywise square) in the same form, of rank :math:`r^2`.
+
+        :math:`(D + UV^\top)\circ(D + UV^\top) = \operatorname{diag}(d^2 + 2 d\circ
+        \operatorname{diag}(UV^\top)) + (U \odot U)(V \odot V)^\top`, with
+        :math:`\odot` the row-wise Kronecker (Khatri-Rao) product.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> M = DiagLowRank(rng.random(3), rng.random((3, 2)), rng.random((4, 2)), (3, 4))
+        >>> bool(np.allclose(M.hadamard_square().dense(), M.dense() ** 2))
+        True
+        """
+        k, r = self.d.shape[0], self.rank
+        m, n = self.shape
+        cross = np.einsum("ij,ij->i", self.U[:k], self.V[:k])
+        return DiagLowRank(self.d * self.d + 2 * self.d * cross,
+                           (self.U[:, :, None] * self.U[:, None, :]).reshape(m, r * r),
+                           (self.V[:, :, None] * self.V[:, None, :]).reshape(n, r * r),
+                           self.shape)
 
     def dense(self) -> np.ndarray:
         out = self.U @ self.V.T

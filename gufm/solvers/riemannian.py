@@ -19,7 +19,7 @@ import numpy as np
 
 from gufm.backend import Array, is_torch
 from gufm.model.problem import GUFM
-from gufm.solvers.manifold import ReducedManifold, frame_start, supports
+from gufm.solvers.manifold import ReducedManifold, frame_start, iaxpy, imul_add, supports
 
 __all__ = ["ReducedManifold", "TrustRegionResult", "frame_start", "supports", "trust_region"]
 
@@ -78,12 +78,16 @@ def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: li
 
     ``Pinv`` is the inverse diagonal preconditioner ``P^-1``; the trust region is measured in
     the norm ``||e||_P^2 = <e, P e>``.  Returns ``(eta, (H + shift P) eta, iterations, why)``.
+    The iteration vectors are updated in place (each step streams ``K x p`` arrays, so
+    avoiding temporaries is most of its cost).
     """
     inner = man.inner
     eta = [0 * g for g in grad]
     Heta = [0 * g for g in grad]
-    r = grad
-    z = man.proj(x, [ri * pi for ri, pi in zip(r, Pinv, strict=True)])
+    r = [g.clone() if is_torch(g) else g.copy() for g in grad]
+    Ps = [shift / pi for pi in Pinv]  # the shift's diagonal sigma P
+    work = [0 * g for g in grad]
+    z = man.proj_(x, [ri * pi for ri, pi in zip(r, Pinv, strict=True)], work)
     r_z = inner(r, z)
     d = [-zi for zi in z]
     e_Pe, e_Pd, d_Pd = 0.0, 0.0, r_z
@@ -91,28 +95,37 @@ def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: li
     why = "maximum inner iterations"
     j = 0
     for j in range(1, maxinner + 1):  # noqa: B007 - returned
-        Hd = man.lin(man.hess(x, cache, d), shift, [di / pi for di, pi in zip(d, Pinv, strict=True)])
+        Hd = man.hess(x, cache, d)
+        for hd, di, ps, wk in zip(Hd, d, Ps, work, strict=True):
+            imul_add(hd, di, ps, wk)
         dHd = inner(d, Hd)
         alpha = r_z / dHd if dHd > 0 else math.inf
         e_Pe_new = e_Pe + 2 * alpha * e_Pd + alpha**2 * d_Pd
         if dHd <= 0 or e_Pe_new >= delta**2:
             tau = (-e_Pd + math.sqrt(max(e_Pd**2 + d_Pd * (delta**2 - e_Pe), 0.0))) / d_Pd
-            eta = man.lin(eta, tau, d)
-            Heta = man.lin(Heta, tau, Hd)
+            for a, b, c, e in zip(eta, d, Heta, Hd, strict=True):
+                iaxpy(a, tau, b)
+                iaxpy(c, tau, e)
             why = "negative curvature" if dHd <= 0 else "trust-region boundary"
             break
         e_Pe = e_Pe_new
-        eta = man.lin(eta, alpha, d)
-        Heta = man.lin(Heta, alpha, Hd)
-        r = man.proj(x, man.lin(r, alpha, Hd))
+        for a, b, c, e, ri in zip(eta, d, Heta, Hd, r, strict=True):
+            iaxpy(a, alpha, b)
+            iaxpy(c, alpha, e)
+            iaxpy(ri, alpha, e)
+        man.proj_(x, r, work)
         rn = math.sqrt(inner(r, r))
         if rn <= r0 * min(r0**theta, kappa):
             why = "converged"
             break
-        z = man.proj(x, [ri * pi for ri, pi in zip(r, Pinv, strict=True)])
+        for zi, ri, pi in zip(z, r, Pinv, strict=True):
+            zi[...] = ri * pi if is_torch(zi) else np.multiply(ri, pi, out=zi)
+        man.proj_(x, z, work)
         r_z_old, r_z = r_z, inner(r, z)
         beta = r_z / r_z_old
-        d = man.lin([-zi for zi in z], beta, d)
+        for di, zi in zip(d, z, strict=True):  # d = -z + beta d
+            di *= beta
+            di -= zi
         e_Pd = beta * (e_Pd + alpha * d_Pd)
         d_Pd = r_z + beta**2 * d_Pd
     return eta, Heta, j, why

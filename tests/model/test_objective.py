@@ -133,3 +133,33 @@ def test_objective_input_errors(rng):
     pb = gufm.GUFM(counts=[2, 2], dim=3, lam_W=0.1, lam_b=0.1)
     with pytest.raises(ValueError, match="b is required"):
         gufm.objective(pb, W, None, H)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_loss_and_grad_with_softmax_match_the_separate_formulas(loss, soft):
+    # one exponential serves value, gradient and softmax (numpy CE); torch takes the separate
+    # path; both equal per_column_loss / weighted_loss_grad / softmax, tiny losses included
+    import torch
+
+    from gufm.backend import softmax
+    from gufm.model.losses import per_column_loss, weighted_loss_and_grad, weighted_loss_grad
+
+    rng = np.random.default_rng(5)
+    K, G = 6, 9
+    Z = 40 * rng.standard_normal((K, G))
+    Q = rng.dirichlet(np.ones(K), G).T if soft else np.eye(K)[:, rng.integers(0, K, G)]
+    p = rng.random(G)
+    want_val = float((per_column_loss(loss, Z, Q) * p).sum())
+    want_Y = weighted_loss_grad(loss, Z, Q, p)
+    for conv in (np.asarray, torch.tensor):
+        val, Y, S = weighted_loss_and_grad(loss, conv(Z), conv(Q), conv(p), with_softmax=True)
+        assert float(val) == pytest.approx(want_val, rel=1e-14, abs=1e-300)
+        np.testing.assert_allclose(np.asarray(Y), want_Y, rtol=1e-13, atol=1e-300)
+        if loss == "ce":
+            np.testing.assert_allclose(np.asarray(S), softmax(Z, axis=0), rtol=1e-13,
+                                       atol=1e-300)
+        else:
+            assert S is None
+    val2, Y2 = weighted_loss_and_grad(loss, Z, Q, p)
+    assert float(val2) == pytest.approx(want_val, rel=1e-14) and np.allclose(Y2, want_Y)

@@ -112,3 +112,26 @@ def test_bad_matrices_raise(bad, match):
 def test_negative_tau_raises():
     with pytest.raises(ValueError, match="tau"):
         cholesky_certifies(np.eye(2), -1.0)
+
+
+def test_rounding_level_cluster_is_decided_without_eigh():
+    """An optimum's certificate: ||S|| ~ 1e-4 and a cluster of 30 eigenvalues within 2e-15 of
+    zero, some negative.  LOBPCG lands somewhere in the cluster; with a negligible shift
+    allowed, Cholesky factorisations bracket lambda_min and prove a valid shift (no eigh);
+    without, eigh decides as before."""
+    rng = np.random.default_rng(3)
+    n, m = 200, 30
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    w = np.concatenate([np.linspace(-2e-15, 2e-15, m), 10 ** rng.uniform(-5, -4, n - m)])
+    S = (Q * w) @ Q.T
+    S = 0.5 * (S + S.T)
+    lam = float(np.linalg.eigvalsh(S)[0])
+    assert lam < -1e-15
+    assert psd_shift(S).method == "eigh"
+    r = psd_shift(S, negligible=1e-13)
+    assert r.method == "lobpcg"
+    assert max(0.0, -lam) <= r.shift <= 1e-13
+    assert -r.shift <= lam <= r.lambda_min  # the bracket holds
+    assert _proved(S, r.shift)
+    # a shift above what the caller allows is not taken: eigh decides
+    assert psd_shift(S, negligible=1e-16).method == "eigh"

@@ -72,3 +72,42 @@ def test_trust_region_with_low_rank_products_reaches_the_same_optimum():
     assert a.message == b.message == "gradient tolerance reached"
     assert b.fun == pytest.approx(a.fun, rel=1e-13)
     assert b.nhess <= 1.5 * a.nhess  # the approximation costs (almost) no extra products
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (5, 7), (7, 5)])
+def test_hadamard_square_is_the_entrywise_square(shape, rng):
+    m, n = shape
+    A = DiagLowRank(rng.standard_normal(min(m, n)), rng.standard_normal((m, 3)),
+                    rng.standard_normal((n, 3)), shape)
+    B = A.hadamard_square()
+    assert B.rank == 9
+    np.testing.assert_allclose(B.dense(), A.dense() ** 2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [{}, {"loss": "mse"}, {"lam_b": 0.1},
+                                {"features": "penalty", "lam_H": 1e-3}])
+def test_float32_low_rank_products_and_diagonal_match_dense_ones(kw, rng):
+    # with mixed precision the low-rank Hessian products and the preconditioner's diagonal run
+    # in float32 from float32 factors: they follow the float64 dense ones to the
+    # factorisation's error plus float32 rounding
+    prob = _distinct(60, **kw)
+    p = min(prob.m, prob.K + 1)
+    x0 = ReducedParametrisation(prob, p).pack(*initial_point(prob, p, "auto", rng))
+    x1 = trust_region(prob, p, x0, maxiter=2, lowrank=None).x
+    dense, low = ReducedManifold(prob, p), ReducedManifold(prob, p)
+    low.lowrank_tol, low.mixed = 1e-2, True
+    x = dense.from_flat(x1)
+    _, _, cd = dense.cost_grad(x)
+    _, _, cl = low.cost_grad(x)
+    assert cl["lr"] is not None and cl["lr"][0].d.dtype == np.float32
+    e = max(max(f.error for f in cl["lr"]), 1e-6)
+    for _ in range(3):
+        v = dense.proj(x, [rng.standard_normal(a.shape) for a in x])
+        hd, hl = dense.hess(x, cd, v), low.hess(x, cl, v)
+        assert all(a.dtype == np.float64 and a.shape == b.shape for a, b in zip(hl, hd, strict=True))
+        err = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(hd, hl, strict=True)))
+        assert err <= 100 * e * np.sqrt(sum((a**2).sum() for a in hd))
+    Dd = dense.hess_diag(x, cd, floor=-np.inf)
+    Dl = low.hess_diag(x, cl, floor=-np.inf)
+    for a, b in zip(Dl, Dd, strict=True):
+        assert np.abs(a - b).max() <= 100 * e * np.abs(b).max()

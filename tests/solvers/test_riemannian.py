@@ -184,3 +184,33 @@ def test_manifold_vector_ops_match_their_formulas():
     got = man.proj(x, v)
     assert np.allclose(got[-1], want, rtol=0, atol=1e-15) and got[0] is v[0]
     assert man.inner(v, v) == pytest.approx(sum(float((t * t).sum()) for t in v), rel=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_in_place_vector_ops_match_their_formulas(backend):
+    # the truncated CG's in-place updates: u += s v (BLAS daxpy), u += v * w, proj_ in place
+    import torch
+
+    from gufm.solvers.manifold import iaxpy, imul_add
+
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.standard_normal((6, 5)) for _ in range(3))
+    conv = (lambda t: torch.tensor(t)) if backend == "torch" else (lambda t: t.copy())
+    u = conv(a)
+    assert iaxpy(u, -0.7, conv(b)) is u
+    np.testing.assert_allclose(np.asarray(u), a - 0.7 * b, rtol=1e-15, atol=1e-15)
+    u = conv(a)
+    imul_add(u, conv(b), conv(c), None if backend == "torch" else np.empty_like(a))
+    np.testing.assert_allclose(np.asarray(u), a + b * c, rtol=1e-15, atol=1e-15)
+    # non-contiguous numpy operands take the fallback and stay correct
+    u = a.copy().T
+    iaxpy(u, 2.0, b.T.copy())
+    np.testing.assert_allclose(u, (a + 2.0 * b).T, rtol=1e-15, atol=1e-15)
+    prob = gufm.GUFM(counts=[3, 2, 2], dim=4, lam_W=0.1)
+    man = ReducedManifold(prob, 4, device=None if backend == "numpy" else "cpu")
+    x = man.random_point(rng)
+    v = [man._arr(rng.standard_normal(tuple(s.shape))) for s in x]
+    want = man.proj(x, v)
+    got = man.proj_(x, [t.clone() if backend == "torch" else t.copy() for t in v])
+    for p, q in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(p), np.asarray(q), rtol=0, atol=1e-15)
