@@ -104,12 +104,12 @@ def weighted_loss_grad(loss: str, Z: Array, Q: Array, p: Array) -> Array:
 
 def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array,
                            with_softmax: bool = False) -> tuple[Any, ...]:
-    """Return ``(g(Z), grad g(Z))`` sharing the softmax computation for CE.
+    r"""Return ``(g(Z), grad g(Z))`` sharing the softmax computation for CE.
 
     With ``with_softmax``, ``(g(Z), grad g(Z), S)``, ``S`` the column softmax for CE (the
     loss curvature's ingredient) and ``None`` for MSE.  For numpy CE one exponential serves
-    both: with :math:`\tilde z = z - q^\top z`, :math:`\\ell = m + \\log\\sum e^{\tilde z - m}`
-    (the same operations as :func:`per_column_loss`) and :math:`s = e^{\tilde z - m}/\\sum`.
+    both: with :math:`\tilde z = z - q^\top z`, :math:`\ell = m + \log\sum e^{\tilde z - m}`
+    (the same operations as :func:`per_column_loss`) and :math:`s = e^{\tilde z - m}/\sum`.
 
     Examples
     --------
