@@ -18,12 +18,13 @@ eigenvalue and eigenvector (the escape direction of the Burer-Monteiro lift).
 * **LOBPCG** (scipy) estimates :math:`\lambda_{\min}` and its eigenvector when the
   factorisation fails; the shift :math:`-\lambda_{\min}` (plus a rounding margin) is then
   re-checked by Cholesky.
-* **A cluster near zero** (an optimum's certificate: LOBPCG converges to *some* member of a
-  cluster of near-zero eigenvalues, and its shift does not factorise): when the caller names
-  a ``negligible`` shift (the certificate: one that lowers the bound by at most 1e-12),
-  Cholesky factorisations at LOBPCG's value plus its residual, then six geometric
-  bisections, prove a shift :math:`t` with :math:`-t \le \lambda_{\min} \le` the Ritz
-  value, without ``eigh`` (7 factorisations; at :math:`n = 3000` about 1 s against 4 s).
+* **A negligible shift.**  At a near-optimal point the bottom of the spectrum is a cluster of
+  eigenvalues within the optimiser's accuracy of zero, some slightly negative: the first
+  factorisation fails, LOBPCG does not converge, and ``eigh`` would decide.  When the caller
+  names a shift it does not mind paying (``negligible``; the certificate: a bound cost of
+  1e-10 of the bound), Cholesky factorisations at it and six geometric bisections prove the
+  smallest shift up to it, with no eigenpair (7 factorisations; at :math:`n = 3000` about
+  1 s against LOBPCG's 1 s plus eigh's 4 s).
 * The full ``eigh`` is the fallback when LOBPCG does not converge within a few dozen block
   iterations (a clustered bottom of the spectrum, typical of near-optimal points, where its
   matrix products would cost more than ``eigh``) or its shift does not pass.
@@ -159,20 +160,9 @@ def lobpcg_min(S: np.ndarray, *, tol: float | None = None, maxiter: int = 40,
     return float(w[i]), v, float(np.linalg.norm(S @ v - w[i] * v))
 
 
-def _bracket_cluster(S: np.ndarray, lam: float, res: float, scale: float, tau0: float,
-                     steps: int = 6) -> float | None:
-    r"""A proved shift when LOBPCG's Ritz value ``lam`` sits in a cluster at the rounding level.
-
-    At an optimum the certificate's matrix has many eigenvalues within rounding of zero and
-    LOBPCG converges to some member of the cluster.  ``lam + res`` (plus eigh's margin) is
-    tried by Cholesky; on success ``steps`` geometric bisections by Cholesky shrink the shift
-    ``t``, so that :math:`-t \le \lambda_{\min} \le` ``lam`` (the proof and the Ritz value),
-    in about ``steps + 1`` factorisations (an ``O(n^3)`` eigh costs some 20 of them).
-    ``None`` when the first factorisation fails.
-    """
-    n = S.shape[0]
-    lo = max(-lam, 0.0) + tau0
-    hi = max(-lam, 0.0) + res + 4 * n * _U * scale + tau0
+def _bracket(S: np.ndarray, lo: float, hi: float, steps: int = 6) -> float | None:
+    """The smallest shift in ``[lo, hi]`` (to ``steps`` geometric bisections) that Cholesky
+    proves, or ``None`` when ``hi`` already fails; ``lo`` is known to fail."""
     t = cholesky_certifies(S, hi)
     if t is None:
         return None
@@ -198,11 +188,11 @@ def psd_shift(S: np.ndarray, negligible: float = 0.0) -> PSDShift:
     S : ndarray (n, n)
         Symmetric (only the lower triangle is read by the factorisation).
     negligible : float
-        A shift the caller does not mind paying (the certificate: a bound cost of 1e-12).
-        When LOBPCG's value sits in a cluster near zero, a shift up to this, proved by a few
-        Cholesky factorisations (``_bracket_cluster``), is returned without eigh; then
-        ``lambda_min`` is LOBPCG's Ritz value and :math:`-\text{shift} \le \lambda_{\min}
-        \le` ``lambda_min``.  0 (default): eigh whenever LOBPCG's shift does not factorise.
+        A shift the caller does not mind paying (the certificate: one that costs the bound
+        1e-10 of its size).  When the rounding-level factorisation fails, the smallest shift
+        up to this that Cholesky proves (seven factorisations, geometric bisection) is
+        returned, like the first case with ``lambda_min = -shift`` (a lower bound) and no
+        vector.  0 (default): LOBPCG and eigh decide.
 
     Returns
     -------
@@ -226,6 +216,13 @@ def psd_shift(S: np.ndarray, negligible: float = 0.0) -> PSDShift:
     t = cholesky_certifies(S, tau0)
     if t is not None:
         return PSDShift(t, -t, None, "cholesky")
+    if negligible > tau0:
+        # the caller does not mind this shift: prove the smallest one up to it by Cholesky
+        # factorisations alone (a cluster of near-zero eigenvalues at a near-optimal point,
+        # where LOBPCG does not converge and eigh costs some 20 factorisations)
+        t = _bracket(S, tau0, negligible)
+        if t is not None:
+            return PSDShift(t, -t, None, "cholesky")
     scale = max(float(np.abs(d).max()), float(np.abs(S).max()), 1e-300)
     found = lobpcg_min(S)
     if found is not None:
@@ -235,12 +232,6 @@ def psd_shift(S: np.ndarray, negligible: float = 0.0) -> PSDShift:
         # it may not be the smallest eigenvalue: the factorisation fails and eigh decides
         # (a residual-based margin would be valid but loose, and looseness costs the bound)
         t = cholesky_certifies(S, max(-lam, 0.0) + 1e-14 * scale + tau0)
-        if t is None and negligible > 0:
-            tb = _bracket_cluster(S, lam, res, scale, tau0)
-            if tb is not None and tb <= negligible:
-                # lambda_min is only bracketed, [-t, lam]; a shift this small costs the caller
-                # nothing it cares about, and eigh's eigenpair would not be used
-                return PSDShift(tb, lam, v, "lobpcg")
         if t is not None:
             return PSDShift(t, lam, v, "lobpcg")
     w, V = scipy.linalg.eigh(S)

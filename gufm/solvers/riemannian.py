@@ -103,16 +103,21 @@ def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: li
         e_Pe_new = e_Pe + 2 * alpha * e_Pd + alpha**2 * d_Pd
         if dHd <= 0 or e_Pe_new >= delta**2:
             tau = (-e_Pd + math.sqrt(max(e_Pd**2 + d_Pd * (delta**2 - e_Pe), 0.0))) / d_Pd
-            for a, b, c, e in zip(eta, d, Heta, Hd, strict=True):
-                iaxpy(a, tau, b)
-                iaxpy(c, tau, e)
+            for a, b, c, e, wk in zip(eta, d, Heta, Hd, work, strict=True):
+                iaxpy(a, tau, b, wk)
+                iaxpy(c, tau, e, wk)
             why = "negative curvature" if dHd <= 0 else "trust-region boundary"
             break
         e_Pe = e_Pe_new
-        for a, b, c, e, ri in zip(eta, d, Heta, Hd, r, strict=True):
-            iaxpy(a, alpha, b)
-            iaxpy(c, alpha, e)
-            iaxpy(ri, alpha, e)
+        for a, b, c, e, ri, wk in zip(eta, d, Heta, Hd, r, work, strict=True):
+            iaxpy(a, alpha, b, wk)
+            if is_torch(e):
+                c.add_(e, alpha=alpha)
+                ri.add_(e, alpha=alpha)
+            else:  # alpha Hd once for both updates
+                np.multiply(e, alpha, out=wk)
+                c += wk
+                ri += wk
         man.proj_(x, r, work)
         rn = math.sqrt(inner(r, r))
         if rn <= r0 * min(r0**theta, kappa):

@@ -188,7 +188,8 @@ def test_manifold_vector_ops_match_their_formulas():
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_in_place_vector_ops_match_their_formulas(backend):
-    # the truncated CG's in-place updates: u += s v (BLAS daxpy), u += v * w, proj_ in place
+    # the truncated CG's in-place updates: u += s v (with and without a work buffer),
+    # u += v * w, proj_ in place
     import torch
 
     from gufm.solvers.manifold import iaxpy, imul_add
@@ -196,9 +197,10 @@ def test_in_place_vector_ops_match_their_formulas(backend):
     rng = np.random.default_rng(1)
     a, b, c = (rng.standard_normal((6, 5)) for _ in range(3))
     conv = (lambda t: torch.tensor(t)) if backend == "torch" else (lambda t: t.copy())
-    u = conv(a)
-    assert iaxpy(u, -0.7, conv(b)) is u
-    np.testing.assert_allclose(np.asarray(u), a - 0.7 * b, rtol=1e-15, atol=1e-15)
+    for work in (None, np.empty_like(a)):
+        u = conv(a)
+        assert iaxpy(u, -0.7, conv(b), None if backend == "torch" else work) is u
+        np.testing.assert_allclose(np.asarray(u), a - 0.7 * b, rtol=1e-15, atol=1e-15)
     u = conv(a)
     imul_add(u, conv(b), conv(c), None if backend == "torch" else np.empty_like(a))
     np.testing.assert_allclose(np.asarray(u), a + b * c, rtol=1e-15, atol=1e-15)
