@@ -40,19 +40,24 @@ def _distinct(K, **kw):
                      lam_W=5e-3, **kw).normalised()[0]
 
 
-@pytest.mark.parametrize("kw", [{}, {"loss": "mse"}, {"lam_b": 0.1},
-                                {"features": "penalty", "lam_H": 1e-3}])
-def test_low_rank_hessian_products_match_dense_ones(kw, rng):
+def _dense_and_low_rank(kw, rng, mixed):
+    """A point along the way (two trust-region iterations from the start, K = 60) and the
+    caches of a dense manifold and of a low-rank one (tolerance 1e-2: whatever the
+    factorisation gives; the products must follow it)."""
     prob = _distinct(60, **kw)
     p = min(prob.m, prob.K + 1)
     x0 = ReducedParametrisation(prob, p).pack(*initial_point(prob, p, "auto", rng))
-    # a point along the way: a few trust-region iterations from the start
     x1 = trust_region(prob, p, x0, maxiter=2, lowrank=None).x
     dense, low = ReducedManifold(prob, p), ReducedManifold(prob, p)
-    low.lowrank_tol = 1e-2  # accept what the factorisation gives; the products must follow it
+    low.lowrank_tol, low.mixed = 1e-2, mixed
     x = dense.from_flat(x1)
-    _, _, cd = dense.cost_grad(x)
-    _, _, cl = low.cost_grad(x)
+    return dense, low, x, dense.cost_grad(x)[2], low.cost_grad(x)[2]
+
+
+@pytest.mark.parametrize("kw", [{}, {"loss": "mse"}, {"lam_b": 0.1},
+                                {"features": "penalty", "lam_H": 1e-3}])
+def test_low_rank_hessian_products_match_dense_ones(kw, rng):
+    dense, low, x, cd, cl = _dense_and_low_rank(kw, rng, mixed=False)
     assert cl["lr"] is not None
     e = max(f.error for f in cl["lr"])
     assert e < 1e-3
@@ -90,15 +95,7 @@ def test_float32_low_rank_products_and_diagonal_match_dense_ones(kw, rng):
     # with mixed precision the low-rank Hessian products and the preconditioner's diagonal run
     # in float32 from float32 factors: they follow the float64 dense ones to the
     # factorisation's error plus float32 rounding
-    prob = _distinct(60, **kw)
-    p = min(prob.m, prob.K + 1)
-    x0 = ReducedParametrisation(prob, p).pack(*initial_point(prob, p, "auto", rng))
-    x1 = trust_region(prob, p, x0, maxiter=2, lowrank=None).x
-    dense, low = ReducedManifold(prob, p), ReducedManifold(prob, p)
-    low.lowrank_tol, low.mixed = 1e-2, True
-    x = dense.from_flat(x1)
-    _, _, cd = dense.cost_grad(x)
-    _, _, cl = low.cost_grad(x)
+    dense, low, x, cd, cl = _dense_and_low_rank(kw, rng, mixed=True)
     assert cl["lr"] is not None and cl["lr"][0].d.dtype == np.float32
     e = max(max(f.error for f in cl["lr"]), 1e-6)
     for _ in range(3):
