@@ -120,8 +120,18 @@ class Backend:
 
     def softmax(self, z: Array, axis: int) -> Array:
         """Softmax along ``axis``."""
-        e = np.exp(z - np.max(z, axis=axis, keepdims=True))
-        return e / np.sum(e, axis=axis, keepdims=True)
+        return self.logsumexp_softmax(z, axis)[1]
+
+    def logsumexp_softmax(self, z: Array, axis: int) -> tuple[Array, Array]:
+        """``(logsumexp(z), softmax(z))`` along ``axis`` from one exponential: with
+        ``m = max z``, ``e = exp(z - m)``, ``lse = m + log sum e`` (the operations of
+        :meth:`logsumexp`) and ``softmax = e / sum e``; numpy allocates one array."""
+        zmax = np.max(z, axis=axis, keepdims=True)
+        e = np.subtract(z, zmax)
+        np.exp(e, out=e)
+        tot = np.sum(e, axis=axis, keepdims=True)
+        lse = np.log(np.squeeze(tot, axis=axis)) + np.squeeze(zmax, axis=axis)
+        return lse, np.divide(e, tot, out=e)
 
     def xlogx(self, s: Array) -> Array:
         """Elementwise ``s log s`` with ``0 log 0 = 0``."""
@@ -214,6 +224,9 @@ class _TorchBackend(Backend):
 
     def softmax(self, z: Array, axis: int) -> Array:
         return torch.softmax(z, dim=axis)
+
+    def logsumexp_softmax(self, z: Array, axis: int) -> tuple[Array, Array]:
+        return torch.logsumexp(z, dim=axis), torch.softmax(z, dim=axis)
 
     def xlogx(self, s: Array) -> Array:
         return torch.special.xlogy(s, s)
@@ -324,6 +337,20 @@ def softmax(z: Array, axis: int) -> Array:
            [0.5, 0.5]])
     """
     return get_backend(z).softmax(z, axis)
+
+
+def logsumexp_softmax(z: Array, axis: int) -> tuple[Array, Array]:
+    """``(logsumexp(z), softmax(z))`` along ``axis``, sharing the exponential (see
+    :meth:`Backend.logsumexp_softmax`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lse, s = logsumexp_softmax(np.array([[0.0, 1000.0], [0.0, 1000.0]]), axis=0)
+    >>> bool(np.allclose(lse, [np.log(2), 1000 + np.log(2)])), s.tolist()
+    (True, [[0.5, 0.5], [0.5, 0.5]])
+    """
+    return get_backend(z).logsumexp_softmax(z, axis)
 
 
 def xlogx(s: Array) -> Array:

@@ -20,10 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from gufm._util import check_choice
-from gufm.backend import Array, logsumexp, softmax, xlogx
+from gufm.backend import Array, logsumexp, logsumexp_softmax, softmax, xlogx
 
 LOSSES = ("ce", "mse")
 
@@ -107,9 +105,9 @@ def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array,
     r"""Return ``(g(Z), grad g(Z))`` sharing the softmax computation for CE.
 
     With ``with_softmax``, ``(g(Z), grad g(Z), S)``, ``S`` the column softmax for CE (the
-    loss curvature's ingredient) and ``None`` for MSE.  For numpy CE one exponential serves
-    both: with :math:`\tilde z = z - q^\top z`, :math:`\ell = m + \log\sum e^{\tilde z - m}`
-    (the same operations as :func:`per_column_loss`) and :math:`s = e^{\tilde z - m}/\sum`.
+    loss curvature's ingredient) and ``None`` for MSE.  For CE one exponential serves both
+    (:func:`gufm.backend.logsumexp_softmax` of :math:`\tilde z = z - q^\top z`, the argument
+    of :func:`per_column_loss`; the softmax is shift invariant).
 
     Examples
     --------
@@ -122,17 +120,8 @@ def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array,
     True
     """
     if loss == "ce":
-        if isinstance(Z, np.ndarray):
-            E = Z - (Q * Z).sum(0)
-            m = E.max(0)
-            E -= m
-            np.exp(E, out=E)
-            tot = E.sum(0)
-            val = ((np.log(tot) + m) * p).sum()
-            S = np.divide(E, tot, out=E)
-        else:
-            val = (per_column_loss(loss, Z, Q) * p).sum()
-            S = softmax(Z, axis=0)
+        lse, S = logsumexp_softmax(Z - (Q * Z).sum(0), axis=0)
+        val = (lse * p).sum()
         Y = _ce_residual(S, Q) * p
         return (val, Y, S) if with_softmax else (val, Y)
     out = weighted_loss(loss, Z, Q, p), weighted_loss_grad(loss, Z, Q, p)

@@ -44,7 +44,7 @@ from gufm.model.objective import column_data
 from gufm.model.problem import GUFM
 from gufm.solvers.lowrank import compress
 
-__all__ = ["ReducedManifold", "frame_start", "iaxpy", "imul_add", "supports"]
+__all__ = ["ReducedManifold", "frame_start", "imul_add", "mul_into", "supports"]
 
 
 def supports(prob: GUFM) -> bool:
@@ -111,32 +111,26 @@ def _axpy(u: Array, s: float, v: Array) -> Array:
     return u + s * v
 
 
-def iaxpy(u: Array, s: float, v: Array, work: Array | None = None) -> Array:
-    """``u += s v`` in place (``work``: an optional buffer of ``v``'s shape, so that numpy
-    allocates nothing); returns ``u``.
+def mul_into(v: Array, w: Array | float, out: Array) -> Array:
+    """``out = v * w`` without allocating (numpy or torch); returns ``out``."""
+    if is_torch(out):
+        import torch
 
-    numpy only (no scipy BLAS ``daxpy``): the two OpenBLAS copies of numpy and scipy, each
-    with its own spinning threads, slowed every small product down 10-50x when interleaved.
+        return torch.mul(v, w, out=out)
+    return np.multiply(v, w, out=out)
+
+
+def imul_add(u: Array, v: Array, w: Array | float, work: Array | None = None) -> Array:
+    """``u += v * w`` in place, ``w`` an array or a scalar; with ``work`` (a buffer of
+    ``v``'s shape) nothing is allocated and ``work`` holds ``v * w`` afterwards.  Returns ``u``.
+
+    Deliberately not scipy's BLAS ``daxpy``: interleaving the OpenBLAS copies of numpy and
+    scipy, each with its own spinning threads, slowed every small product down 10-50x.
     """
-    if is_torch(u):
-        return u.add_(v, alpha=s)
-    if work is None:
-        u += s * v
-    else:
-        np.multiply(v, s, out=work)
-        u += work
-    return u
-
-
-def imul_add(u: Array, v: Array, w: Array, work: Array | None = None) -> Array:
-    """``u += v * w`` in place (``work``: an optional buffer of ``v``'s shape); returns ``u``."""
-    if is_torch(u):
-        return u.addcmul_(v, w)
     if work is None:
         u += v * w
     else:
-        np.multiply(v, w, out=work)
-        u += work
+        u += mul_into(v, w, work)
     return u
 
 
@@ -255,10 +249,8 @@ class ReducedManifold:
         if not self.sphere:
             return v
         U, vH = x[-1], v[-1]
-        if is_torch(U):
-            vH.sub_(U * (U * vH).sum(0))
-        else:
-            imul_add(vH, U, -np.einsum("ij,ij->j", U, vH), None if work is None else work[-1])
+        coef = (U * vH).sum(0) if is_torch(U) else np.einsum("ij,ij->j", U, vH)  # no temporary
+        imul_add(vH, U, -coef, None if work is None else work[-1])
         return v
 
     def retract(self, x: list[Array], v: list[Array]) -> list[Array]:
@@ -422,9 +414,9 @@ class ReducedManifold:
         w = self.w.astype(dt)
         S = cache.get("S32") if dt == np.float32 else cache["S"]
         if S is None:  # MSE
-            Jd = np.broadcast_to(w, (self.K, self.G))
-            dW = Hc.hadamard_square().rtmm(np.ascontiguousarray(Jd))
-            dH = Wc.hadamard_square().tmm(np.ascontiguousarray(Jd))
+            Jd = np.ascontiguousarray(np.broadcast_to(w, (self.K, self.G)))
+            dW = Hc.hadamard_square().rtmm(Jd)
+            dH = Wc.hadamard_square().tmm(Jd)
         else:
             SW = cache["SW32"] if dt == np.float32 else S * w
             Jd = SW * (1 - S)
@@ -434,14 +426,22 @@ class ReducedManifold:
             WS *= w
             dH = Wc.hadamard_square().tmm(SW)
             dH -= WS
-        out = [dW.astype(float) + prob.lam_W]
-        if bias:
-            out.append(Jd.sum(1, dtype=float) + prob.lam_b)
+        return self._diag_blocks(dW.astype(float) + prob.lam_W, dH.astype(float),
+                                 Jd.astype(float) if bias else None, cache, floor)
+
+    def _diag_blocks(self, dW: Array, dH: Array, Jd: Array | None, cache: dict[str, Array],
+                     floor: float) -> list[Array]:
+        """The diagonal's blocks ``[W, (b), features]`` from the ``W`` block, the features'
+        raw block and (with a bias) the loss curvature's diagonal ``Jd``, clipped at ``floor``."""
+        prob = self.prob
+        out = [dW]
+        if Jd is not None:
+            out.append(Jd.sum(1) + prob.lam_b)
         if self.sphere:
-            out.append(self.rho**2 * dH.astype(float) - cache["c"])
+            out.append(self.rho**2 * dH - cache["c"])
         else:
-            out.append(dH.astype(float) + prob.lam_H * self.n)
-        return [d.clip(floor, None) for d in out]
+            out.append(dH + prob.lam_H * self.n)
+        return [d.clip(floor, None) if not is_torch(d) else d.clamp(min=floor) for d in out]
 
     def hess_diag(self, x: list[Array], cache: dict[str, Array], floor: float) -> list[Array]:
         """Diagonal of the Hessian (in the ambient coordinates), clipped below at ``floor``.
@@ -471,11 +471,4 @@ class ReducedManifold:
             dH = (W * W).T @ SW - (W.T @ S) ** 2 * w
         if self.mixed:
             dW, dH, Jd = dW.astype(float), dH.astype(float), Jd.astype(float)
-        out = [dW]
-        if b is not None:
-            out.append(Jd.sum(1) + prob.lam_b)
-        if self.sphere:
-            out.append(self.rho**2 * dH - cache["c"])
-        else:
-            out.append(dH + prob.lam_H * self.n)
-        return [d.clip(floor, None) if not is_torch(d) else d.clamp(min=floor) for d in out]
+        return self._diag_blocks(dW, dH, Jd if b is not None else None, cache, floor)

@@ -19,7 +19,7 @@ import numpy as np
 
 from gufm.backend import Array, is_torch
 from gufm.model.problem import GUFM
-from gufm.solvers.manifold import ReducedManifold, frame_start, iaxpy, imul_add, supports
+from gufm.solvers.manifold import ReducedManifold, frame_start, imul_add, mul_into, supports
 
 __all__ = ["ReducedManifold", "TrustRegionResult", "frame_start", "supports", "trust_region"]
 
@@ -104,27 +104,22 @@ def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: li
         if dHd <= 0 or e_Pe_new >= delta**2:
             tau = (-e_Pd + math.sqrt(max(e_Pd**2 + d_Pd * (delta**2 - e_Pe), 0.0))) / d_Pd
             for a, b, c, e, wk in zip(eta, d, Heta, Hd, work, strict=True):
-                iaxpy(a, tau, b, wk)
-                iaxpy(c, tau, e, wk)
+                imul_add(a, b, tau, wk)
+                imul_add(c, e, tau, wk)
             why = "negative curvature" if dHd <= 0 else "trust-region boundary"
             break
         e_Pe = e_Pe_new
         for a, b, c, e, ri, wk in zip(eta, d, Heta, Hd, r, work, strict=True):
-            iaxpy(a, alpha, b, wk)
-            if is_torch(e):
-                c.add_(e, alpha=alpha)
-                ri.add_(e, alpha=alpha)
-            else:  # alpha Hd once for both updates
-                np.multiply(e, alpha, out=wk)
-                c += wk
-                ri += wk
+            imul_add(a, b, alpha, wk)
+            imul_add(c, e, alpha, wk)
+            ri += wk  # work holds alpha Hd: computed once for both updates
         man.proj_(x, r, work)
         rn = math.sqrt(inner(r, r))
         if rn <= r0 * min(r0**theta, kappa):
             why = "converged"
             break
         for zi, ri, pi in zip(z, r, Pinv, strict=True):
-            zi[...] = ri * pi if is_torch(zi) else np.multiply(ri, pi, out=zi)
+            mul_into(ri, pi, zi)
         man.proj_(x, z, work)
         r_z_old, r_z = r_z, inner(r, z)
         beta = r_z / r_z_old

@@ -188,25 +188,29 @@ def test_manifold_vector_ops_match_their_formulas():
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_in_place_vector_ops_match_their_formulas(backend):
-    # the truncated CG's in-place updates: u += s v (with and without a work buffer),
-    # u += v * w, proj_ in place
+    # the truncated CG's in-place updates: u += v * w for a scalar or an array w, with and
+    # without a work buffer (which then holds v * w), out = v * w, proj_ in place
     import torch
 
-    from gufm.solvers.manifold import iaxpy, imul_add
+    from gufm.solvers.manifold import imul_add, mul_into
 
     rng = np.random.default_rng(1)
     a, b, c = (rng.standard_normal((6, 5)) for _ in range(3))
     conv = (lambda t: torch.tensor(t)) if backend == "torch" else (lambda t: t.copy())
-    for work in (None, np.empty_like(a)):
-        u = conv(a)
-        assert iaxpy(u, -0.7, conv(b), None if backend == "torch" else work) is u
-        np.testing.assert_allclose(np.asarray(u), a - 0.7 * b, rtol=1e-15, atol=1e-15)
-    u = conv(a)
-    imul_add(u, conv(b), conv(c), None if backend == "torch" else np.empty_like(a))
-    np.testing.assert_allclose(np.asarray(u), a + b * c, rtol=1e-15, atol=1e-15)
-    # non-contiguous numpy operands take the fallback and stay correct
+    for w, want in ((-0.7, a - 0.7 * b), (c, a + b * c)):
+        for use_work in (False, True):
+            u, work = conv(a), conv(np.zeros_like(a))
+            wv = w if isinstance(w, float) else conv(w)
+            assert imul_add(u, conv(b), wv, work if use_work else None) is u
+            np.testing.assert_allclose(np.asarray(u), want, rtol=1e-15, atol=1e-15)
+            if use_work:
+                np.testing.assert_allclose(np.asarray(work), want - a, rtol=1e-14, atol=1e-15)
+    out = conv(np.zeros_like(a))
+    assert mul_into(conv(b), conv(c), out) is out
+    np.testing.assert_allclose(np.asarray(out), b * c, rtol=1e-15, atol=0)
+    # non-contiguous numpy operands stay correct
     u = a.copy().T
-    iaxpy(u, 2.0, b.T.copy())
+    imul_add(u, b.T.copy(), 2.0)
     np.testing.assert_allclose(u, (a + 2.0 * b).T, rtol=1e-15, atol=1e-15)
     prob = gufm.GUFM(counts=[3, 2, 2], dim=4, lam_W=0.1)
     man = ReducedManifold(prob, 4, device=None if backend == "numpy" else "cpu")
