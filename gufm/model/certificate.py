@@ -89,6 +89,41 @@ class Certificate:
     escape: np.ndarray | None
     reason: str = ""
 
+    def rescaled(self, c: float) -> Certificate:
+        r"""The same certificate for the problem :meth:`GUFM.rescaled
+        <gufm.model.problem.GUFM.rescaled>` maps this one's onto with the factor ``c``.
+
+        A certificate of the problem with radius :math:`r` and :math:`\lambda_W` is, at the
+        same logits, one of the problem with radius :math:`c r` and :math:`c^2 \lambda_W`: ``Y``
+        and the bound are unchanged, and the Schur complement scales as
+        :math:`\operatorname{diag}(\mu) - Y^\top Y/(2c^2\lambda_W) = S/c^2`, so ``mu``,
+        ``lambda_min`` and ``shift`` are divided by :math:`c^2` (the bound's dual term
+        :math:`(c r)^2 \sum_g \mu_g/c^2` is the same number).  Only sphere-type (``mu``)
+        certificates rescale; ``c = 1`` returns ``self``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from gufm.model.problem import GUFM
+        >>> prob = GUFM(counts=[3, 2, 1], dim=4, lam_W=0.1)
+        >>> norm, c = prob.normalised()
+        >>> Z = np.random.default_rng(0).standard_normal((3, 3))
+        >>> a, b = certify(prob, Z), certify(norm, Z).rescaled(c)
+        >>> bool(np.isclose(a.lower_bound, b.lower_bound)), bool(np.allclose(a.mu, b.mu))
+        (True, True)
+        """
+        c = float(c)
+        if not (c > 0 and math.isfinite(c)):
+            raise ValueError(f"c must be a positive finite float, got {c!r}")
+        if c == 1.0:
+            return self
+        if self.mu is None:
+            raise ValueError("only certificates with multipliers mu (sphere-type features) "
+                             "rescale; penalty problems have no radius")
+        c2 = c * c
+        return Certificate(self.lower_bound, self.lambda_min / c2, self.shift / c2, self.Y,
+                           self.mu / c2, self.escape, self.reason)
+
 
 def certify(prob: GUFM, Z: Array, b: Array | None = None) -> Certificate:
     """Build the dual certificate at the point with group logits ``Z + b 1ᵀ``.

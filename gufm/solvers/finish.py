@@ -101,6 +101,7 @@ def finish(
     like: Array | None = None,
     check_tol: float | None = None,
     types: Types | None = None,
+    value: float | None = None,
 ) -> SolveResult:
     """Evaluate a candidate exactly, certify it and build the :class:`SolveResult`.
 
@@ -139,6 +140,12 @@ def finish(
         evaluate and certify it from one class per type (:func:`gufm.model.typed.typed_value`,
         :func:`gufm.model.typed.certify_typed`, ``O(K d T)``); when the point turns out not to
         be type-structured, the dense evaluation and certificate are used.
+    value : float, optional
+        The objective at this point, already evaluated exactly by the caller (e.g. by
+        :func:`gufm.model.objective.group_objective` on the rescaled problem the solver worked
+        in, which has the same value at the mapped point); with ``certificate`` it spares the
+        two ``K x d x G`` products of evaluating and certifying again.  Not for ``H_samples``,
+        ``check_tol`` or ``types``.
 
     Returns
     -------
@@ -155,14 +162,22 @@ def finish(
     (0.5, 0, 'given')
     """
     rtol, atol = check_tolerances(rtol, atol)
+    if value is not None and (H_samples is not None or check_tol is not None
+                              or types is not None):
+        raise ValueError("value= cannot be combined with H_samples, check_tol or types")
     W, H = np.asarray(to_numpy(W), dtype=float), np.asarray(to_numpy(H), dtype=float)
     b = None if b is None else np.asarray(to_numpy(b), dtype=float)
     Z = None
     if reduced:
-        Z = W @ H if types is None else None  # the reduced product is the cheaper one
+        if types is None and certificate is None:
+            Z = W @ H  # the reduced product is the cheaper one
         W, H = embed(prob, W, H)
-    cert = value = None
-    if types is not None and H_samples is None and check_tol is None and certificate is None:
+    cert = None
+    if value is not None:
+        value = float(value)
+        cert = certificate if certificate is not None else certify(
+            prob, W @ H if Z is None else Z, b)
+    elif types is not None and H_samples is None and check_tol is None and certificate is None:
         Zt = typed_logits(types, W, H)
         cert = None if Zt is None else certify_typed(prob, types, Zt, b)
         value = None if cert is None else typed_value(prob, types, W, b, H)

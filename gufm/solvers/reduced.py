@@ -367,11 +367,12 @@ def _solve_gradient(prob, *, p, init, seed, gtol, maxiter, max_escapes, restarts
         )
         break
     value, Wp, b, Hp, cert, pused = best
-    # the normalised problem has the same optimum: its certificates bound orig's too
+    # the normalised problem has the same logits, value and optimum at the mapped point: its
+    # value is orig's, and its certificate rescales to orig's (Certificate.rescaled)
     return finish(
         orig, Wp / rho, b, Hp * rho, method="gradient", t0=t0,
         stop_reason=reason if reason == "certified" else f"{reason}; best of {len(history)} rounds",
-        iterations=nit, rtol=rtol, atol=atol, certificate=None if rho != 1.0 else cert,
+        iterations=nit, rtol=rtol, atol=atol, certificate=cert.rescaled(rho), value=value,
         bounds=(best_cert.lower_bound,), like=like,
         info={"symmetry_reduced": False, **sym_info, "p": pused, "escapes": escapes,
               "restarts": restarts_done, "nfev": param.nfev, "rounds": history,

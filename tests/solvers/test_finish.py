@@ -190,6 +190,76 @@ def test_rescaling_is_exact(features, rng):
     assert gufm.solve(norm).value == pytest.approx(gufm.solve(prob).value, rel=1e-9)
 
 
+@pytest.mark.parametrize("features,bias", [("layernorm", False), ("sphere", True),
+                                           ("sphere", False)])
+@pytest.mark.parametrize("saddle", [False, True])
+def test_certificate_rescales_like_the_problem(features, bias, saddle, rng):
+    """A certificate of the rescaled problem, mapped back by Certificate.rescaled, is the
+    certificate computed on the original problem at the same logits (any point: optimal or not,
+    PSD-proved or shifted)."""
+    prob = gufm.GUFM(counts=[5, 3, 2, 1], dim=5, features=features, radius=3.0, lam_W=0.02,
+                     lam_b=0.05 if bias else None)
+    norm, c = prob.rescaled(1.0)
+    if saddle:
+        Z, b = rng.standard_normal((4, 4)), (rng.standard_normal(4) if bias else None)
+    else:
+        res = gufm.solve(prob)
+        Z, b = res.W @ res.class_features, res.b
+    direct, mapped = gufm.certify(prob, Z, b), gufm.certify(norm, Z, b).rescaled(c)
+    assert mapped.lower_bound == pytest.approx(direct.lower_bound, rel=1e-12, abs=1e-13)
+    np.testing.assert_allclose(mapped.mu, direct.mu, rtol=1e-12, atol=1e-14)
+    assert mapped.lambda_min == pytest.approx(direct.lambda_min, rel=1e-9, abs=1e-13)
+    assert mapped.shift == pytest.approx(direct.shift, rel=1e-9, abs=1e-13)
+    np.testing.assert_array_equal(mapped.Y, direct.Y)
+    assert gufm.certify(prob, Z, b).rescaled(1.0) is not None
+
+
+def test_certificate_rescale_rejects_bad_factors():
+    prob = gufm.GUFM(counts=[2, 1], dim=3, lam_W=0.1)
+    cert = gufm.certify(prob, np.zeros((2, 2)))
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="c must be"):
+            cert.rescaled(bad)
+    pen = gufm.GUFM(counts=[2, 1], dim=3, features="penalty", lam_H=0.1)
+    with pytest.raises(ValueError, match="mu"):
+        gufm.certify(pen, np.ones((2, 2))).rescaled(2.0)
+
+
+def test_finish_with_a_given_value_and_certificate(rng):
+    """finish(value=..., certificate=...) reports them as given; the value must match the
+    exact evaluation (the gradient solver passes its own evaluation on the normalised problem)."""
+    prob = gufm.GUFM(counts=[2, 3, 1], dim=5, lam_W=0.1)
+    fm = prob.feature_model
+    Wp, Hp = rng.standard_normal((3, 2)), fm.project(rng.standard_normal((2, 3)), prob.rho)
+    ref = finish(prob, Wp, None, Hp, method="test", t0=time.perf_counter(), stop_reason="given",
+                 rtol=1e-7, atol=0.0)
+    got = finish(prob, Wp, None, Hp, method="test", t0=time.perf_counter(), stop_reason="given",
+                 rtol=1e-7, atol=0.0, value=ref.value, certificate=ref.certificate)
+    assert got.value == ref.value and got.lower_bound == ref.lower_bound
+    assert got.certificate is ref.certificate
+    np.testing.assert_array_equal(got.W, ref.W)
+    only_value = finish(prob, Wp, None, Hp, method="test", t0=time.perf_counter(),
+                        stop_reason="given", rtol=1e-7, atol=0.0, value=ref.value)
+    assert only_value.lower_bound == ref.lower_bound  # certified afresh
+    with pytest.raises(ValueError, match="value= cannot"):
+        finish(prob, Wp, None, Hp, method="test", t0=time.perf_counter(), stop_reason="given",
+               rtol=1e-7, atol=0.0, value=1.0, check_tol=1e-9)
+
+
+@pytest.mark.parametrize("features", ["layernorm", "sphere"])
+def test_gradient_result_certificate_is_the_original_problems(features):
+    """The gradient solver works on the normalised problem; its result's value and certificate
+    are those of the original problem at the returned point."""
+    prob = gufm.GUFM(counts=[6, 5, 3, 2, 1], dim=6, features=features, radius=2.5, lam_W=0.01)
+    res = gufm.solve(prob, method="gradient", symmetry=False)
+    assert res.certified
+    assert res.value == pytest.approx(
+        gufm.group_objective(prob, res.W, res.b, res.class_features), rel=1e-13)
+    direct = gufm.certify(prob, res.W @ res.class_features, res.b)
+    assert res.certificate.lower_bound == pytest.approx(direct.lower_bound, rel=1e-12)
+    np.testing.assert_allclose(res.certificate.mu, direct.mu, rtol=1e-10)
+
+
 def test_penalty_is_not_rescaled():
     prob = gufm.GUFM(counts=[3, 2], dim=3, features="penalty", lam_H=0.1)
     assert prob.normalised() == (prob, 1.0)
