@@ -79,7 +79,8 @@ def _ce_residual(S: Array, Q: Array) -> Array:
     (``s_own - 1`` would lose all relative precision when the loss is tiny)."""
     if bool(((Q == 0) | (Q == 1)).all()):
         R = S * (1 - Q)
-        return R - Q * R.sum(0)
+        R -= Q * R.sum(0)
+        return R
     return S - Q
 
 
@@ -122,7 +123,8 @@ def weighted_loss_and_grad(loss: str, Z: Array, Q: Array, p: Array,
     if loss == "ce":
         lse, S = logsumexp_softmax(Z - (Q * Z).sum(0), axis=0)
         val = (lse * p).sum()
-        Y = _ce_residual(S, Q) * p
+        Y = _ce_residual(S, Q)
+        Y *= p  # (a fresh array: in place)
         return (val, Y, S) if with_softmax else (val, Y)
     out = weighted_loss(loss, Z, Q, p), weighted_loss_grad(loss, Z, Q, p)
     return (*out, None) if with_softmax else out

@@ -42,7 +42,7 @@ from gufm.backend import Array, is_torch
 from gufm.model.losses import weighted_loss_and_grad
 from gufm.model.objective import column_data
 from gufm.model.problem import GUFM
-from gufm.solvers.lowrank import compress
+from gufm.solvers.lowrank import compress, transpose_into
 
 __all__ = ["ReducedManifold", "frame_start", "imul_add", "mul_into", "supports"]
 
@@ -100,6 +100,13 @@ def _dot(u: Array, v: Array) -> Array:
     if isinstance(u, np.ndarray) and isinstance(v, np.ndarray):
         return np.vdot(u, v)
     return (u * v).sum()
+
+
+def _coldot(u: Array, v: Array) -> Array:
+    """Column dot products ``(u * v).sum(0)``; for numpy without the ``u * v`` temporary."""
+    if isinstance(u, np.ndarray) and isinstance(v, np.ndarray):
+        return np.einsum("ij,ij->j", u, v)
+    return (u * v).sum(0)
 
 
 def _axpy(u: Array, s: float, v: Array) -> Array:
@@ -176,6 +183,7 @@ class ReducedManifold:
         #: gufm.solvers.lowrank), None: dense products
         self.lowrank_tol: float | None = None
         self.K, self.G = prob.K, prob.G
+        self._work: dict[tuple[str, tuple[int, ...], Any], Array] = {}
         self.sphere = bool(prob.feature_model.radial)
         self.rho = prob.rho if self.sphere else 1.0
         Q, w, n = column_data(prob, prob.G, "groups")
@@ -184,6 +192,16 @@ class ReducedManifold:
             (self.p, self.G)]
 
     # ----------------------------------------------------------------- conversions
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+        """A numpy work array reused across calls (contents undefined): on large problems a
+        fresh ``K x p`` array costs page faults that outlast the bandwidth-bound arithmetic
+        done in it."""
+        key = (name, tuple(shape), np.dtype(dtype))
+        buf = self._work.get(key)
+        if buf is None:
+            buf = self._work[key] = np.empty(shape, dtype=dtype)
+        return buf
+
     def _arr(self, a: Any) -> Array:
         if self.device is None:
             return np.asarray(a, dtype=float)
@@ -262,7 +280,7 @@ class ReducedManifold:
 
     # ----------------------------------------------------------------- calculus
     def _split(self, x: list[Array]) -> tuple[Array, Array | None, Array]:
-        W, H = x[0], self.rho * x[-1]
+        W, H = x[0], (x[-1] if self.rho == 1.0 else self.rho * x[-1])
         b = x[1] if self.prob.has_bias else None
         return W, b, H
 
@@ -272,19 +290,21 @@ class ReducedManifold:
         W, b, H = self._split(x)
         Z = W @ H
         if b is not None:
-            Z = Z + b[:, None]
+            Z += b[:, None]
         val, Y, S = weighted_loss_and_grad(prob.loss, Z, self.Q, self.w, with_softmax=True)
-        val = val + 0.5 * prob.lam_W * (W**2).sum()
-        gW = Y @ H.T + prob.lam_W * W
+        val = val + 0.5 * prob.lam_W * _dot(W, W)
+        gW = imul_add(Y @ H.T, W, prob.lam_W)  # (in place: these arrays are K x p)
         gH = W.T @ Y
         g = [gW]
         if b is not None:
             val = val + 0.5 * prob.lam_b * (b**2).sum()
             g.append(Y.sum(1) + prob.lam_b * b)
         if self.sphere:
-            gU = self.rho * gH
-            c = (x[-1] * gU).sum(0)  # u_gᵀ ∇_u F: the Weingarten coefficient
-            g.append(gU - x[-1] * c)
+            gU = gH
+            if self.rho != 1.0:
+                gU *= self.rho
+            c = _coldot(x[-1], gU)  # u_gᵀ ∇_u F: the Weingarten coefficient
+            g.append(imul_add(gU, x[-1], -c))
         else:
             val = val + 0.5 * prob.lam_H * ((H**2).sum(0) * self.n).sum()
             c = None
@@ -302,7 +322,8 @@ class ReducedManifold:
                 f4 = np.float32
                 cache["lr"] = tuple(part.astype(f4) for part in cache["lr"])
                 cache["S32"] = None if S is None else S.astype(f4)
-                cache["SW32"] = None if S is None else (S * self.w).astype(f4)
+                cache["SW32"] = None if S is None else np.multiply(
+                    S, self.w, out=np.empty(S.shape, f4), casting="same_kind")
                 cache["U32"] = x[-1].astype(f4) if self.sphere else None
                 cache["c32"] = None if c is None else c.astype(f4)
         if self.mixed and cache.get("lr") is None:
@@ -317,11 +338,22 @@ class ReducedManifold:
         SdZ = S * dZ
         return (SdZ - S * SdZ.sum(0)) * self.w
 
-    def hess(self, x: list[Array], cache: dict[str, Array], v: list[Array]) -> list[Array]:
-        """Riemannian Hessian applied to the tangent vector ``v``."""
+    def hess(self, x: list[Array], cache: dict[str, Array], v: list[Array],
+             out: list[Array] | None = None) -> list[Array]:
+        """Riemannian Hessian applied to the tangent vector ``v``; written into ``out``
+        (arrays shaped like ``v``) when given, and returned."""
         lp, lr = cache.get("lp"), cache.get("lr")
         if lr is not None and lr[0].d.dtype == np.float32:
-            return self._hess_lowrank32(cache, v)
+            return self._hess_lowrank32(cache, v, out)
+        res = self._hess(x, cache, v, lp, lr)
+        if out is None:
+            return res
+        for o, r in zip(out, res, strict=True):
+            o[...] = r
+        return out
+
+    def _hess(self, x: list[Array], cache: dict[str, Array], v: list[Array], lp: Any,
+              lr: Any) -> list[Array]:
         prob = self.prob
         W, b, H = self._split(x)
         dW, dH = v[0], self.rho * v[-1]
@@ -359,49 +391,61 @@ class ReducedManifold:
             out.append(hH + prob.lam_H * v[-1] * self.n)
         return out
 
-    def _hess_lowrank32(self, cache: dict[str, Array], v: list[Array]) -> list[Array]:
+    def _hess_lowrank32(self, cache: dict[str, Array], v: list[Array],
+                        out: list[Array] | None) -> list[Array]:
         """:meth:`hess` from float32 diagonal-plus-low-rank factors (numpy, ``mixed``).
 
-        The same formulas as :meth:`hess`, evaluated in float32 with in-place updates: every
-        step streams ``K x p`` arrays, so halving their width halves the time; the relative
-        error (~1e-7) is far below the inner CG's tolerance, as for the float32 dense products.
+        The same formulas as :meth:`hess`, evaluated in float32 in reused buffers
+        (:meth:`buffer`): every step streams ``K x p`` arrays, so halving their width halves
+        the time, and allocating none spares the page faults; the relative error (~1e-7) is
+        far below the inner CG's tolerance, as for the float32 dense products.
         """
         prob = self.prob
         f4 = np.float32
+        K, p, G = self.K, self.p, self.G
+        buf = self.buffer
         Wc, Hc, Yc = cache["lr"]
-        dW = v[0].astype(f4)
-        dH = v[-1].astype(f4)
-        if self.rho != 1.0:
-            dH *= f4(self.rho)
-        dHT = np.ascontiguousarray(dH.T)
-        dZ = Hc.rmm(dW)
-        dZ += Wc.mm(dH)
+        vW, vH = v[0], v[-1]
         db = v[1] if prob.has_bias else None
+        if out is None:
+            out = [np.empty_like(a) for a in v]
+        dW = buf("dW", (K, p), f4)
+        dW[...] = vW
+        dH = buf("dH", (p, G), f4)
+        np.multiply(vH, self.rho, out=dH, casting="same_kind")
+        dHT = transpose_into(dH, buf("dHT", (G, p), f4))
+        dWT = transpose_into(dW, buf("dWT", (p, K), f4))
+        wKG, wKp, wpG = buf("wKG", (K, G), f4), buf("wKp", (K, p), f4), buf("wpG", (p, G), f4)
+        dZ = Hc.rmm(dW, out=buf("dZ", (K, G), f4), work=wKG)  # dW H
+        Wc.mm(dH, out=dZ, add=True, work=wKG)  # + W dH
         if db is not None:
             dZ += db.astype(f4)[:, None]
         SW = cache["SW32"]
         if SW is None:  # MSE: the loss curvature is diag(w)
-            dY = np.multiply(dZ, self.w.astype(f4), out=dZ)
+            dZ *= self.w.astype(f4)
         else:  # CE: dY = (S dZ - S (1ᵀ S dZ)) w = (S w) (dZ - 1 sᵀ), s = 1ᵀ(S dZ)
-            s = np.einsum("ij,ij->j", cache["S32"], dZ)
-            dZ -= s
-            dY = np.multiply(dZ, SW, out=dZ)
-        gW = Hc.rtmm(dY)
-        gW += Yc.mm(dHT)
-        out = [_axpy(gW.astype(float), prob.lam_W, v[0])]
+            dZ -= np.einsum("ij,ij->j", cache["S32"], dZ)
+            dZ *= SW
+        dY = dZ
+        gW = Hc.rtmm(dY, out=buf("gW", (K, p), f4), work=wKp)  # dY Hᵀ
+        Yc.mm(dHT, out=gW, add=True, work=wKp)  # + Y dHᵀ
+        np.multiply(vW, prob.lam_W, out=out[0])
+        out[0] += gW
         if db is not None:
-            out.append(dY.sum(1, dtype=float) + prob.lam_b * db)
-        hH = Wc.tmm(dY)
-        hH += Yc.rmm(np.ascontiguousarray(dW.T))
+            out[1][...] = dY.sum(1, dtype=float) + prob.lam_b * db
+        hH = Wc.tmm(dY, out=buf("hH", (p, G), f4), work=wpG)  # Wᵀ dY
+        Yc.rmm(dWT, out=hH, add=True, work=wpG)  # + dWᵀ Y
         if self.sphere:
             U = cache["U32"]
             if self.rho != 1.0:
                 hH *= f4(self.rho)
-            hH -= U * np.einsum("ij,ij->j", U, hH)
-            hH -= v[-1].astype(f4) * cache["c32"]
-            out.append(hH.astype(float))
+            hH -= np.multiply(U, np.einsum("ij,ij->j", U, hH), out=wpG)
+            hH -= np.multiply(vH, cache["c32"], out=wpG, casting="same_kind")
+            out[-1][...] = hH
         else:
-            out.append(_axpy(hH.astype(float), prob.lam_H, v[-1] * self.n))
+            np.multiply(vH, self.n, out=out[-1])
+            out[-1] *= prob.lam_H
+            out[-1] += hH
         return out
 
     def _hess_diag_lowrank(self, cache: dict[str, Array], bias: bool,
@@ -419,28 +463,36 @@ class ReducedManifold:
             dH = Wc.hadamard_square().tmm(Jd)
         else:
             SW = cache["SW32"] if dt == np.float32 else S * w
-            Jd = SW * (1 - S)
+            Jd = np.subtract(1, S, out=self.buffer("Jd", S.shape, dt))
+            Jd *= SW
             dW = Hc.hadamard_square().rtmm(Jd)
             WS = Wc.tmm(S)
             WS *= WS
             WS *= w
             dH = Wc.hadamard_square().tmm(SW)
             dH -= WS
-        return self._diag_blocks(dW.astype(float) + prob.lam_W, dH.astype(float),
-                                 Jd.astype(float) if bias else None, cache, floor)
+        dW = dW.astype(float)
+        dW += prob.lam_W
+        return self._diag_blocks(dW, dH.astype(float), Jd.astype(float) if bias else None,
+                                 cache, floor)
 
     def _diag_blocks(self, dW: Array, dH: Array, Jd: Array | None, cache: dict[str, Array],
                      floor: float) -> list[Array]:
         """The diagonal's blocks ``[W, (b), features]`` from the ``W`` block, the features'
-        raw block and (with a bias) the loss curvature's diagonal ``Jd``, clipped at ``floor``."""
+        raw block and (with a bias) the loss curvature's diagonal ``Jd``, clipped at ``floor``
+        (``-inf``: not clipped).  ``dW`` and ``dH`` are fresh arrays, updated in place."""
         prob = self.prob
         out = [dW]
         if Jd is not None:
             out.append(Jd.sum(1) + prob.lam_b)
         if self.sphere:
-            out.append(self.rho**2 * dH - cache["c"])
+            dH *= self.rho**2
+            dH -= cache["c"]
         else:
-            out.append(dH + prob.lam_H * self.n)
+            imul_add(dH, self.n, prob.lam_H)
+        out.append(dH)
+        if floor == -math.inf:
+            return out
         return [d.clip(floor, None) if not is_torch(d) else d.clamp(min=floor) for d in out]
 
     def hess_diag(self, x: list[Array], cache: dict[str, Array], floor: float) -> list[Array]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gufm._util import limit_threads
+from gufm._util import limit_threads, reuse_freed_memory
 from gufm.backend import Array, get_backend, is_torch, to_numpy
 from gufm.model.certificate import Certificate, certify
 from gufm.model.geometry import centred_simplex_etf, simplex_etf
@@ -249,6 +249,13 @@ def solve_gradient(
         Wall-time budget; when it ends the solve, ``stop_reason`` starts with "time limit"
         and the best point so far is returned, certified only if its certificate holds.
 
+    Notes
+    -----
+    When an iterate's arrays exceed 32 MiB (``K p > 4.2e6``, e.g. K > 2050 with d = K + 1),
+    the solve runs inside :func:`gufm._util.reuse_freed_memory`: freed arrays stay in the
+    heap for reuse instead of being unmapped and faulted in afresh (glibc; disable with the
+    environment variable ``GUFM_HEAP_REUSE=0``).
+
     Examples
     --------
     >>> from gufm.model.problem import GUFM
@@ -258,9 +265,13 @@ def solve_gradient(
     """
     rtol, atol = check_tolerances(rtol, atol)
     budget = Budget(max_seconds)
-    small = prob.K * min(prob.m, prob.K + prob.G) < 40000
+    p_max = min(prob.m, prob.K + prob.G)
+    small = prob.K * p_max < 40000
     n_threads = threads if threads is not None else (1 if small else None)
-    with limit_threads(n_threads):
+    # iterates above glibc's largest mmap threshold (32 MiB) are mmapped afresh every time:
+    # keep them in the heap for the solve (gufm._util.reuse_freed_memory)
+    large = 8 * max(prob.K, prob.G) * p_max > 2**25
+    with limit_threads(n_threads), reuse_freed_memory(large):
         return _solve_gradient(prob, p=p, init=init, seed=seed, gtol=gtol, maxiter=maxiter,
                                max_escapes=max_escapes, restarts=restarts, device=device,
                                rtol=rtol, atol=atol, x0=x0, symmetry=symmetry, budget=budget)

@@ -19,7 +19,13 @@ import numpy as np
 
 from gufm.backend import Array, is_torch
 from gufm.model.problem import GUFM
-from gufm.solvers.manifold import ReducedManifold, frame_start, imul_add, mul_into, supports
+from gufm.solvers.manifold import (
+    ReducedManifold,
+    frame_start,
+    imul_add,
+    mul_into,
+    supports,
+)
 
 __all__ = ["ReducedManifold", "TrustRegionResult", "frame_start", "supports", "trust_region"]
 
@@ -71,31 +77,63 @@ LOWRANK_TOL = 1e-6
 LOWRANK_MIN_K = 700
 
 
+def _workspace(grad: list[Array]) -> dict[str, list[Array]]:
+    """The truncated CG's vectors, allocated once per solve (numpy or torch, like ``grad``):
+    on large problems fresh ``K x p`` arrays cost page faults that outlast the arithmetic."""
+    def empty(g: Array) -> Array:
+        return g.new_empty(g.shape) if is_torch(g) else np.empty_like(g)
+
+    return {name: [empty(g) for g in grad]
+            for name in ("eta", "Heta", "r", "Ps", "work", "z", "d", "Hd")}
+
+
+def _weighted_norm2(v: list[Array], w: list[Array], work: list[Array],
+                    divide: bool = False) -> float:
+    """``sum(v * v * w)`` (``divide``: ``sum(v * v / w)``) with ``work`` as the buffer."""
+    for a, wi, wk in zip(v, w, work, strict=True):
+        if divide:
+            wk[...] = a
+            wk /= wi
+        else:
+            mul_into(a, wi, wk)
+    return ReducedManifold.inner(v, work)
+
+
 def _tcg(man: ReducedManifold, x: list[Array], cache: dict[str, Array], grad: list[Array],
          Pinv: list[Array], delta: float, maxinner: int, kappa: float, theta: float,
-         shift: float) -> tuple[list[Array], list[Array], int, str]:
+         shift: float, ws: dict[str, list[Array]] | None = None
+         ) -> tuple[list[Array], list[Array], int, str]:
     """Steihaug-Toint truncated CG for ``min <g,e> + <e,(H + shift P)e>/2``, ``||e||_P <= delta``.
 
     ``Pinv`` is the inverse diagonal preconditioner ``P^-1``; the trust region is measured in
     the norm ``||e||_P^2 = <e, P e>``.  Returns ``(eta, (H + shift P) eta, iterations, why)``.
-    The iteration vectors are updated in place (each step streams ``K x p`` arrays, so
-    avoiding temporaries is most of its cost).
+    The iteration vectors live in ``ws`` (:func:`_workspace`; the returned ``eta`` and
+    ``H eta`` are its arrays, valid until the next call) and are updated in place (each step
+    streams ``K x p`` arrays, so avoiding temporaries is most of its cost).
     """
     inner = man.inner
-    eta = [0 * g for g in grad]
-    Heta = [0 * g for g in grad]
-    r = [g.clone() if is_torch(g) else g.copy() for g in grad]
-    Ps = [shift / pi for pi in Pinv]  # the shift's diagonal sigma P
-    work = [0 * g for g in grad]
-    z = man.proj_(x, [ri * pi for ri, pi in zip(r, Pinv, strict=True)], work)
+    ws = _workspace(grad) if ws is None else ws
+    eta, Heta, r, Ps, work, z, d, Hd = (ws[k] for k in
+                                        ("eta", "Heta", "r", "Ps", "work", "z", "d", "Hd"))
+    for a, b, ri, g, pi, ps in zip(eta, Heta, r, grad, Pinv, Ps, strict=True):
+        a[...] = 0
+        b[...] = 0
+        ri[...] = g
+        ps[...] = shift  # the shift's diagonal sigma P = shift / P^-1
+        ps /= pi
+    for zi, ri, pi in zip(z, r, Pinv, strict=True):
+        mul_into(ri, pi, zi)
+    man.proj_(x, z, work)
     r_z = inner(r, z)
-    d = [-zi for zi in z]
+    for di, zi in zip(d, z, strict=True):
+        di[...] = zi
+        di *= -1
     e_Pe, e_Pd, d_Pd = 0.0, 0.0, r_z
     r0 = math.sqrt(inner(r, r))
     why = "maximum inner iterations"
     j = 0
     for j in range(1, maxinner + 1):  # noqa: B007 - returned
-        Hd = man.hess(x, cache, d)
+        man.hess(x, cache, d, out=Hd)
         for hd, di, ps, wk in zip(Hd, d, Ps, work, strict=True):
             imul_add(hd, di, ps, wk)
         dHd = inner(d, Hd)
@@ -244,17 +282,21 @@ def trust_region(
         if not precondition:
             return [1.0 + 0 * a for a in x]
         D = man.hess_diag(x, cache, floor=-math.inf)
-        out = []
-        for d in D:
+        for d in D:  # fresh arrays: clipped and inverted in place
             # floor relative to the block's mean: near-zero or negative diagonal entries (the
             # Weingarten term away from stationarity) must not blow the metric up
             lo = max(1e-2 * float(abs(d).mean()), 1e-300)
-            out.append(1.0 / (d.clip(lo, None) if not is_torch(d) else d.clamp(min=lo)))
-        return out
+            if is_torch(d):
+                d.clamp_(min=lo).reciprocal_()
+            else:
+                np.maximum(d, lo, out=d)
+                np.reciprocal(d, out=d)
+        return D
 
     Pinv = precond(x, cache)
     delta_bar = math.inf
-    gPg0 = sum(float((a * a * pi).sum()) for a, pi in zip(g, Pinv, strict=True))
+    ws = _workspace(g)
+    gPg0 = _weighted_norm2(g, Pinv, ws["work"])
     delta = 4.0 * math.sqrt(gPg0) if delta0 is None else float(delta0) * math.sqrt(gPg0)
     message = "maximum iterations reached"
     it = rejected = 0
@@ -274,10 +316,11 @@ def trust_region(
         # with (preconditioned) Rayleigh quotients of the order of the relative Newton step
         # ||P^-1 g||_P / ||x||_P; a shift proportional to it keeps the inner CG out of those
         # directions and keeps local superlinear convergence
-        gPg = sum(float((a * a * pi).sum()) for a, pi in zip(g, Pinv, strict=True))
-        xPx = sum(float((a * a / pi).sum()) for a, pi in zip(x, Pinv, strict=True))
+        gPg = _weighted_norm2(g, Pinv, ws["work"])
+        xPx = _weighted_norm2(x, Pinv, ws["work"], divide=True)
         sigma = shift + gshift * math.sqrt(gPg / max(xPx, 1e-300))
-        eta, Heta, nin, why = _tcg(man, x, cache, g, Pinv, delta, maxinner, kappa, theta, sigma)
+        eta, Heta, nin, why = _tcg(man, x, cache, g, Pinv, delta, maxinner, kappa, theta, sigma,
+                                   ws)
         nhess += nin
         xn = man.retract(x, eta)
         fn, gn_vec, cache_n = man.cost_grad(xn)
@@ -287,8 +330,7 @@ def trust_region(
         # at the rounding level of f the ratio is noise: accept a step that shrinks the gradient
         tiny = abs(f - fn) <= 1e-14 * max(1.0, abs(f))
         accept = ratio > 0.1 or (tiny and _sup(gn_vec) < gn)
-        enorm = math.sqrt(max(sum(float((e * e / pi).sum()) for e, pi in
-                                  zip(eta, Pinv, strict=True)), 0.0))
+        enorm = math.sqrt(max(_weighted_norm2(eta, Pinv, ws["work"], divide=True), 0.0))
         if ratio < 0.25 and not (tiny and accept):
             delta = 0.25 * min(delta, enorm) if enorm > 0 else 0.25 * delta
         elif ratio > 0.75 and why in ("trust-region boundary", "negative curvature"):

@@ -108,3 +108,85 @@ def test_float32_low_rank_products_and_diagonal_match_dense_ones(kw, rng):
     Dl = low.hess_diag(x, cl, floor=-np.inf)
     for a, b in zip(Dl, Dd, strict=True):
         assert np.abs(a - b).max() <= 100 * e * np.abs(b).max()
+
+
+@pytest.mark.parametrize("add", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_products_into_buffers_match_dense(add, dtype, rng):
+    """out= writes (add=True accumulates) the same product; with work= nothing else changes
+    the result, and the work buffer's content is scratch."""
+    A = DiagLowRank(rng.random(4), rng.random((4, 3)), rng.random((5, 3)), (4, 5)).astype(dtype)
+    D = A.dense().astype(float)
+    X4, X5 = rng.random((4, 2)).astype(dtype), rng.random((5, 2)).astype(dtype)
+    cases = [(A.mm, X5, D @ X5), (A.tmm, X4, D.T @ X4), (A.rmm, X4.T, X4.T @ D),
+             (A.rtmm, X5.T, X5.T @ D.T)]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for fn, X, ref in cases:
+        start = rng.random(ref.shape).astype(dtype)
+        out = start.copy()
+        got = fn(X, out=out, add=add, work=np.full(ref.shape, np.nan, dtype))
+        assert got is out and out.dtype == dtype
+        np.testing.assert_allclose(out, ref + (start if add else 0), rtol=tol, atol=tol)
+        out2 = start.copy()
+        fn(X, out=out2, add=add)  # without work: the same
+        np.testing.assert_allclose(out2, out, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="add=True needs out"):
+        A.mm(X5, add=True)
+
+
+@pytest.mark.parametrize("shape,block", [((7, 5), 2), ((5, 7), 3), ((300, 257), 256),
+                                         ((1, 9), 4)])
+def test_transpose_into(shape, block, rng):
+    from gufm.solvers.lowrank import transpose_into
+
+    a = rng.standard_normal(shape)
+    out = np.full(shape[::-1], np.nan)
+    assert transpose_into(a, out, block=block) is out
+    np.testing.assert_array_equal(out, a.T)
+    with pytest.raises(ValueError, match="out must have shape"):
+        transpose_into(a, np.empty(shape))
+
+
+@pytest.mark.parametrize("shape", [(9, 9), (9, 12), (12, 9)])
+@pytest.mark.parametrize("rows", [1, 4, 256])
+def test_offdiagonal_error_is_summed_exactly(shape, rows, rng):
+    """The blocked sum equals the brute-force off-diagonal residual, also when the diagonal
+    dominates (the expansion ||O||² - 2<O,UVᵀ> + ||UVᵀ||² cancels there)."""
+    from gufm.solvers.lowrank import _offdiag_error2
+
+    m, n = shape
+    k = min(m, n)
+    U, V = rng.standard_normal((m, 2)), rng.standard_normal((n, 2))
+    for scale in (1.0, 1e8):
+        M = U @ V.T + 1e-7 * rng.standard_normal(shape)
+        M[np.arange(k), np.arange(k)] += scale
+        E = M - U @ V.T
+        E[np.arange(k), np.arange(k)] = 0
+        assert _offdiag_error2(M, U, V, rows=rows) == pytest.approx((E**2).sum(), rel=1e-12)
+
+
+def test_compress_of_a_diagonal_dominated_point_is_exact(rng):
+    """The solver's start (a centred simplex ETF: a dominant diagonal plus rank 2) factorises
+    far below the tolerance, and the reported error is the true one."""
+    prob = _distinct(300)
+    W, _, H = initial_point(prob, 301, "auto", rng)
+    for M in (W, H):
+        A = compress(M, 1e-6)
+        assert A is not None and A.rank == 2
+        true = np.linalg.norm(M - A.dense()) / np.linalg.norm(M)
+        assert true < 1e-9
+        assert A.error == pytest.approx(true, rel=1e-6, abs=1e-15)
+
+
+def test_hessian_product_into_buffers(rng):
+    """hess(..., out=...) writes the product into out, for the float32 low-rank path and the
+    dense one, and repeated products (reused internal buffers) do not interfere."""
+    dense, low, x, cd, cl = _dense_and_low_rank({}, rng, mixed=True)
+    for man, cache in ((dense, cd), (low, cl)):
+        vs = [dense.proj(x, [rng.standard_normal(a.shape) for a in x]) for _ in range(2)]
+        refs = [man.hess(x, cache, v) for v in vs]
+        for v, ref in zip(vs, refs, strict=True):
+            out = [np.full(a.shape, np.nan) for a in x]
+            assert man.hess(x, cache, v, out=out) is out
+            for a, b in zip(out, ref, strict=True):
+                np.testing.assert_array_equal(a, b)
