@@ -159,7 +159,8 @@ def transpose_into(a: np.ndarray, out: np.ndarray, block: int = 256) -> np.ndarr
 
 
 def compress(M: np.ndarray, tol: float, ranks: tuple[int, ...] = (2, 4, 8, 16),
-             imputations: int = 6, seed: int = 0) -> DiagLowRank | None:
+             imputations: int = 6, seed: int = 0, start: DiagLowRank | None = None,
+             warm_imputations: int = 2) -> DiagLowRank | None:
     r"""The first rank in ``ranks`` whose :class:`DiagLowRank` approximation of ``M`` has
     :math:`\lVert M - D - UV^\top\rVert_F \le` ``tol`` :math:`\lVert M\rVert_F`, or ``None``.
 
@@ -167,6 +168,11 @@ def compress(M: np.ndarray, tol: float, ranks: tuple[int, ...] = (2, 4, 8, 16),
     off-diagonal part, whose diagonal is imputed ``imputations`` times from the previous
     estimate.  Cost :math:`O(mn(r + 4))` per imputation, and no array of ``M``'s size is
     allocated (the error is summed in row blocks).
+
+    ``start`` (the factors of a nearby matrix of the same shape, e.g. the previous iterate's)
+    is tried first: its rank, its imputed diagonal and its right factor as the range finder's
+    first columns, with ``warm_imputations`` imputations.  When that misses the tolerance the
+    cold search continues from its rank up, so a poor start costs time, never accuracy.
 
     Examples
     --------
@@ -194,19 +200,41 @@ def compress(M: np.ndarray, tol: float, ranks: tuple[int, ...] = (2, 4, 8, 16),
         out[idx] += (L - diag_M)[:, None] * X[idx]
         return out
 
-    for r in ranks:
-        r = min(r, k)
-        L = np.zeros(k)
-        for _ in range(imputations):
-            Q = np.linalg.qr(apply(rng.standard_normal((n, r + 4)), L, False))[0]
+    def impute(r: int, L: np.ndarray, V0: np.ndarray | None, times: int):
+        """``times`` rounds of range finding (one power iteration) and diagonal imputation."""
+        for _ in range(times):
+            omega = rng.standard_normal((n, r + 4))
+            if V0 is not None:
+                omega[:, :V0.shape[1]] = V0
+            Q = np.linalg.qr(apply(omega, L, False))[0]
             Q = np.linalg.qr(apply(np.linalg.qr(apply(Q, L, True))[0], L, False))[0]
             B = apply(Q, L, True).T  # Qᵀ (O + diag L), shape (r + 4, n)
             Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
             U, V = Q @ (Ub[:, :r] * s[:r]), Vt[:r].T
             L = np.einsum("ij,ij->i", U[idx], V[idx])
+        return U, V, L
+
+    def accept(U: np.ndarray, V: np.ndarray, L: np.ndarray) -> DiagLowRank | None:
         err2 = _offdiag_error2(M, U, V)
         if err2 <= tol * tol * norm2:
             return DiagLowRank(diag_M - L, U, V, (m, n), math.sqrt(err2 / norm2))
+        return None
+
+    if start is not None:
+        if start.shape != (m, n):
+            raise ValueError(f"start must have the shape of M, {(m, n)}, got {start.shape}")
+        r0 = start.rank
+        if 0 < r0 <= k:
+            L0 = np.einsum("ij,ij->i", start.U[idx], start.V[idx])
+            out = accept(*impute(r0, L0, start.V, warm_imputations))
+            if out is not None:
+                return out
+            ranks = tuple(r for r in ranks if r >= r0)
+    for r in ranks:
+        r = min(r, k)
+        out = accept(*impute(r, np.zeros(k), None, imputations))
+        if out is not None:
+            return out
     return None
 
 

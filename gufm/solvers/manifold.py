@@ -184,6 +184,7 @@ class ReducedManifold:
         self.lowrank_tol: float | None = None
         self.K, self.G = prob.K, prob.G
         self._work: dict[tuple[str, tuple[int, ...], Any], Array] = {}
+        self._lr_start: dict[str, Any] = {}  # the last low-rank factors of W, H and Y
         self.sphere = bool(prob.feature_model.radial)
         self.rho = prob.rho if self.sphere else 1.0
         Q, w, n = column_data(prob, prob.G, "groups")
@@ -312,10 +313,12 @@ class ReducedManifold:
         cache = {"Y": Y, "S": S, "c": c}
         if self.lowrank_tol is not None and self.device is None:
             parts = []
-            for M in (W, H, Y):
-                parts.append(compress(M, self.lowrank_tol))
+            for name, M in (("W", W), ("H", H), ("Y", Y)):
+                # warm-started from the last factors (consecutive iterates are close)
+                parts.append(compress(M, self.lowrank_tol, start=self._lr_start.get(name)))
                 if parts[-1] is None:
                     break
+                self._lr_start[name] = parts[-1]
             cache["lr"] = None if parts[-1] is None else tuple(parts)
             if cache["lr"] is not None and self.mixed:
                 # the whole low-rank product in float32: it is bandwidth-bound on K x p arrays

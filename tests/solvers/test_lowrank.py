@@ -190,3 +190,38 @@ def test_hessian_product_into_buffers(rng):
             assert man.hess(x, cache, v, out=out) is out
             for a, b in zip(out, ref, strict=True):
                 np.testing.assert_array_equal(a, b)
+
+
+def _dlr(shape, A, B, d):
+    M = A @ B.T
+    k = min(shape)
+    M[np.arange(k), np.arange(k)] += d
+    return M
+
+
+@pytest.mark.parametrize("shape", [(80, 80), (80, 81)])
+def test_compress_warm_start(shape, rng):
+    """From the factors of a nearby matrix the warm start meets the tolerance; from useless
+    factors (random, too low a rank) the cold search still does: a start never costs accuracy."""
+    m, n = shape
+    A, B, d = rng.standard_normal((m, 3)), rng.standard_normal((n, 3)), 5 + rng.random(min(shape))
+    M0 = _dlr(shape, A, B, d)
+    # the next iterate: close, of the same structure
+    M1 = _dlr(shape, A + 1e-5 * rng.standard_normal(A.shape), B, d + 1e-5)
+    prev = compress(M0, 1e-6, imputations=12)  # (the imputation converges linearly)
+    assert prev is not None and prev.rank == 4
+    warm = compress(M1, 1e-6, start=prev, ranks=())  # the warm start alone (no cold search)
+    cold = compress(M1, 1e-6, imputations=12)
+    assert warm is not None and cold is not None and warm.rank == cold.rank
+    for A in (warm, cold):
+        true = np.linalg.norm(M1 - A.dense()) / np.linalg.norm(M1)
+        assert true <= 1e-6 and A.error == pytest.approx(true, rel=1e-6, abs=1e-15)
+    bad = DiagLowRank(np.zeros(min(shape)), rng.standard_normal((shape[0], 2)),
+                      rng.standard_normal((shape[1], 2)), shape)
+    fallback = compress(M1, 1e-6, start=bad, warm_imputations=1, imputations=12)
+    assert fallback is not None and fallback.rank == cold.rank
+    assert np.linalg.norm(M1 - fallback.dense()) <= 1e-6 * np.linalg.norm(M1)
+    assert compress(rng.standard_normal(shape), 1e-3, start=prev) is None
+    with pytest.raises(ValueError, match="start must have the shape"):
+        compress(M1, 1e-6, start=DiagLowRank(np.ones(79), np.ones((80, 1)), np.ones((79, 1)),
+                                             (80, 79)))
