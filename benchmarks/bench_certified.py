@@ -1,6 +1,7 @@
 """Certified solves at scale: time against K (d = K + 1, layernorm), and pymanopt in the same run.
 
     python -m benchmarks.bench_certified [--quick] [--out FILE.json]
+    python -m benchmarks.bench_certified --heap [--quick] [--out FILE.json]
 
 Series (every point: ``gufm.solve(prob)``, the default ``method="auto"``, best of
 ``repeats`` wall times, with the 1-minute load average read before each timing):
@@ -30,6 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gufm
@@ -183,6 +185,53 @@ def lowrank_ablation(Ks: list[int], repeats: int = 2) -> list[dict[str, Any]]:
     return rows
 
 
+_HEAP_CHILD = """
+import json, resource, sys, time
+import gufm
+from benchmarks.bench_certified import _problem
+prob = _problem("distinct", "ce", int(sys.argv[1]))
+f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+res = gufm.solve(prob)
+sec = time.perf_counter() - t0
+print(json.dumps({"seconds": sec, "certified": bool(res.certified), "value": res.value,
+                  "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0}))
+"""
+
+
+def heap_ablation(K: int, repeats: int = 2) -> dict[str, Any]:
+    """The certified solve (distinct CE, d = K + 1) with freed memory kept in the heap
+    (:func:`gufm._util.reuse_freed_memory`, the default above 32 MiB per array) and with glibc's
+    default (``GUFM_HEAP_REUSE=0``: every large temporary mmapped afresh).
+
+    Each solve runs in a fresh interpreter (the allocator's state is per process), the two
+    variants alternating; best of ``repeats`` each, with the page faults (minor faults) of the
+    solve; ratio = default time / heap-reuse time.
+    """
+    import json
+    import subprocess
+    import sys
+
+    variants = {"heap reuse": "1", "mmap (GUFM_HEAP_REUSE=0)": "0"}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for name, flag in variants.items():
+            root = str(Path(__file__).resolve().parents[1])  # so the child finds benchmarks
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+            env = dict(os.environ, GUFM_HEAP_REUSE=flag, PYTHONPATH=path)
+            load = _load()
+            proc = subprocess.run([sys.executable, "-c", _HEAP_CHILD, str(K)], env=env,
+                                  capture_output=True, text=True, check=True)
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["load_average"] = load
+            runs[name].append(row)
+            print(f"  heap K={K} {name:26s}: {row['seconds']:.2f} s, certified "
+                  f"{row['certified']}, {row['minor_faults']} minor faults, load {load}",
+                  flush=True)
+    best = {name: min(r["seconds"] for r in rs) for name, rs in runs.items()}
+    return {"K": K, "d": K + 1, "runs": runs, "best_seconds": best,
+            "ratio": best["mmap (GUFM_HEAP_REUSE=0)"] / best["heap reuse"]}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """All series, slopes and comparison rows (see the module docstring)."""
     import pymanopt  # noqa: F401 - the baseline is required: a missing one is an error entry
@@ -240,7 +289,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lowrank", action="store_true",
                     help="only the dense against low-rank Hessian products comparison (K = 300, "
                          "500, 700, 1000)")
+    ap.add_argument("--heap", action="store_true",
+                    help="only the heap-reuse ablation (K = 3000, or 2100 with --quick; each "
+                         "solve in a fresh interpreter)")
     a = ap.parse_args(argv)
+    if a.heap:
+        out = {"benchmark": "certified_heap", "machine": machine(),
+               **heap_ablation(2100 if a.quick else 3000, 1 if a.quick else 2)}
+        print(f"  ratio (default / heap reuse): {out['ratio']:.2f}x", flush=True)
+        write_json(out, a.out)
+        return out
     if a.lowrank:
         out = {"benchmark": "certified_lowrank", "machine": machine(),
                "rows": lowrank_ablation([300, 500] if a.quick else [300, 500, 700, 1000])}

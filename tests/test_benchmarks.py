@@ -305,3 +305,20 @@ def test_certified_series_rows_are_honest() -> None:
     assert rows[0]["gufm_certified"] and rows[0]["baseline_reached"]
     pts, rows = bench_certified.series("tied", "ce", [9], cap=5.0, repeats=1, pymanopt_time=1.0)
     assert pts[0]["certified"] and rows == []  # no pymanopt row for the tied series
+
+
+def test_heap_ablation_runs_both_variants_in_fresh_interpreters(tmp_path: Path) -> None:
+    """The heap-reuse ablation: each variant solved (and certified) in its own interpreter, the
+    ratio taken from the best times; the same value either way (the allocator changes no
+    number)."""
+    from benchmarks import bench_certified
+
+    out = bench_certified.heap_ablation(12, repeats=1)
+    runs = out["runs"]
+    assert set(runs) == {"heap reuse", "mmap (GUFM_HEAP_REUSE=0)"}
+    assert all(len(r) == 1 and r[0]["certified"] and r[0]["minor_faults"] > 0
+               for r in runs.values())
+    a, b = (r[0]["value"] for r in runs.values())
+    assert a == b
+    assert out["ratio"] == pytest.approx(out["best_seconds"]["mmap (GUFM_HEAP_REUSE=0)"]
+                                         / out["best_seconds"]["heap reuse"])
