@@ -256,11 +256,10 @@ class ReducedManifold:
         """Tangent projection ``v_H - u (uᵀ v_H)`` of the feature block (identity elsewhere)."""
         if not self.sphere:
             return list(v)
-        U = x[-1]
-        if is_torch(U):
-            return list(v[:-1]) + [v[-1] - U * (U * v[-1]).sum(0)]
-        out = U * np.einsum("ij,ij->j", U, v[-1])  # column dots without a temporary
-        return list(v[:-1]) + [np.subtract(v[-1], out, out=out)]
+        out = x[-1] * _coldot(x[-1], v[-1])  # one new array: out = v_H - u (uᵀ v_H)
+        out *= -1
+        out += v[-1]
+        return list(v[:-1]) + [out]
 
     def proj_(self, x: list[Array], v: list[Array], work: list[Array] | None = None
               ) -> list[Array]:
@@ -268,8 +267,7 @@ class ReducedManifold:
         if not self.sphere:
             return v
         U, vH = x[-1], v[-1]
-        coef = (U * vH).sum(0) if is_torch(U) else np.einsum("ij,ij->j", U, vH)  # no temporary
-        imul_add(vH, U, -coef, None if work is None else work[-1])
+        imul_add(vH, U, -_coldot(U, vH), None if work is None else work[-1])
         return v
 
     def retract(self, x: list[Array], v: list[Array]) -> list[Array]:
@@ -427,7 +425,7 @@ class ReducedManifold:
         if SW is None:  # MSE: the loss curvature is diag(w)
             dZ *= self.w.astype(f4)
         else:  # CE: dY = (S dZ - S (1ᵀ S dZ)) w = (S w) (dZ - 1 sᵀ), s = 1ᵀ(S dZ)
-            dZ -= np.einsum("ij,ij->j", cache["S32"], dZ)
+            dZ -= _coldot(cache["S32"], dZ)
             dZ *= SW
         dY = dZ
         gW = Hc.rtmm(dY, out=buf("gW", (K, p), f4), work=wKp)  # dY Hᵀ
@@ -442,7 +440,7 @@ class ReducedManifold:
             U = cache["U32"]
             if self.rho != 1.0:
                 hH *= f4(self.rho)
-            hH -= np.multiply(U, np.einsum("ij,ij->j", U, hH), out=wpG)
+            self.proj_([U], [hH], [wpG])  # the tangent projection, in float32
             hH -= np.multiply(vH, cache["c32"], out=wpG, casting="same_kind")
             out[-1][...] = hH
         else:
