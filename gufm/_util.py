@@ -86,8 +86,8 @@ def reuse_freed_memory(enabled: bool = True):
 
     glibc serves every allocation above 32 MiB by a fresh ``mmap`` and unmaps it when freed,
     so each new ``K x p`` temporary of a large solve is faulted in and zeroed by the kernel
-    again: measured at K = 3000 (72 MB arrays, 2 cores, this project's VM) that is 10-25% of
-    a certified solve.  The block sets ``M_MMAP_MAX = 0`` (no ``mmap``; the heap grows
+    again (``python -m benchmarks.bench_certified --heap`` measures what that costs a
+    certified solve at K = 3000).  The block sets ``M_MMAP_MAX = 0`` (no ``mmap``; the heap grows
     instead) and a 1 GiB ``M_TRIM_THRESHOLD``; on exit it restores glibc's defaults and
     calls ``malloc_trim(0)``, which returns the freed memory to the system.  Side effect: glibc
     stops adapting its ``mmap`` threshold for the rest of the process (it stays where it

@@ -139,8 +139,8 @@ class DiagLowRank:
 
 
 def transpose_into(a: np.ndarray, out: np.ndarray, block: int = 256) -> np.ndarray:
-    """``out[...] = a.T`` by square tiles (a 2-D array): 3x faster than a strided copy on
-    ``3000 x 3000`` arrays, whose naive transpose misses the cache on every element.
+    """``out[...] = a.T`` by square tiles (a 2-D array), which stay in the cache, instead of
+    one strided copy, which misses it on almost every element of a large array.
 
     Examples
     --------
