@@ -1,6 +1,7 @@
 """Why trained networks stall: the LayerNorm singularity, measured (docs/training.md, section 4).
 
-    python -m benchmarks.singular [--depths 2 8] [--out benchmarks/results/study/singular.json]
+    python -m benchmarks.singular [--depths 2 8] [--newton-iters 100]
+                                  [--out benchmarks/results/study/singular.json]
 
 The closing-note setup (L-RN1, digits, width 32, 30 per class, lam = 0.005, seed 0, all
 defaults: 1000 Adam epochs + 1000 L-BFGS iterations), trained fresh at each depth.  For each
@@ -15,6 +16,10 @@ trained network, in float64 with the embedding at its representative scale:
 * ``curvature``: the second difference of the reduced objective along the unit reduced
   gradient, :math:`(f(t) - 2f(0) + f(-t))/t^2` at ``t = 1e-6``, and the first-order decrease
   the gradient promises over that step;
+* ``newton``: :func:`newton_probe`, a second-order method started where the polish stopped
+  (scipy's ``trust-krylov`` trust region with exact Hessian-vector products of the reduced
+  objective, float64): how much lower it gets, and where it goes -- whether a stationary
+  point lies near the trained network at all;
 * the training result (gap, ``converged``, ``grad_norm``, ``stop_reason``).
 """
 
@@ -25,7 +30,71 @@ import time
 from typing import Any
 
 
-def diagnose(depth: int) -> dict[str, Any]:
+def newton_probe(model: Any, X: Any, y: Any, *, lam: float, loss: str = "ce",
+                 groups: list | None = None, max_iter: int = 100) -> dict[str, Any]:
+    r"""Run a trust-region Newton method on the reduced objective from ``model``'s parameters.
+
+    Minimises :math:`\mathcal L^\star` (:mod:`gufm.deep.invariance`: the penalty of every
+    scale-invariant group in ``groups`` left out) with :func:`scipy.optimize.minimize`,
+    ``method="trust-krylov"``: the objective and gradient from
+    :func:`gufm.deep.objective.data_loss` and :func:`~gufm.deep.objective.param_penalty`, and
+    the Hessian-vector products :math:`\nabla^2\mathcal L^\star v` by double backward, in
+    float64.  A trust region accepts only steps that lower the objective, so ``objective <=
+    start_objective``.  After each iteration it records the objective, the gradient norm and
+    the LayerNorm margin (:func:`gufm.deep.conditioning.layernorm_margin`).
+
+    ``model`` is left at the probe's last point (converted to float64).  Returns the start and
+    end objective, gradient norm and margin, the iterations, scipy's message and the trace.
+    """
+    import numpy as np
+    import scipy.optimize as so
+    import torch
+
+    from gufm.deep.conditioning import layernorm_margin
+    from gufm.deep.objective import data_loss, param_penalty
+
+    model.double()
+    X = X.double() if X.is_floating_point() else X
+    exclude = frozenset(id(p) for g in (groups or []) for p in g)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def load(x: np.ndarray) -> None:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.as_tensor(x), params)
+
+    def value(x: np.ndarray, create_graph: bool = False) -> tuple[Any, tuple]:
+        load(x)
+        f = data_loss(model(X), y, loss) + param_penalty(model, lam, exclude)
+        return f, torch.autograd.grad(f, params, create_graph=create_graph)
+
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = value(x)
+        return float(f.detach()), torch.cat([t.reshape(-1) for t in g]).numpy()
+
+    def hessp(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        _, g = value(x, create_graph=True)
+        gv = torch.cat([t.reshape(-1) for t in g]) @ torch.as_tensor(v)
+        hv = torch.autograd.grad(gv, params)
+        return torch.cat([t.reshape(-1) for t in hv]).numpy()
+
+    def state(x: np.ndarray) -> dict[str, float]:
+        f, g = fun(x)
+        m = layernorm_margin(model, X)
+        return {"objective": f, "grad_norm": float(np.linalg.norm(g)), "ln_margin": m.ratio,
+                "ln_margin_sample": m.sample}
+
+    x0 = torch.nn.utils.parameters_to_vector(params).detach().numpy().copy()
+    start = state(x0)
+    trace: list[dict[str, float]] = []
+    res = so.minimize(fun, x0, jac=True, hessp=hessp, method="trust-krylov",
+                      callback=lambda xk: trace.append(state(xk)),
+                      options={"maxiter": int(max_iter), "gtol": 1e-10})
+    end = state(res.x)
+    return {"start": start, "end": end, "decrease": start["objective"] - end["objective"],
+            "iterations": int(res.nit), "message": str(res.message), "trace": trace}
+
+
+def diagnose(depth: int, newton_iters: int = 100) -> dict[str, Any]:
     """Train one depth and measure it (module docstring)."""
     import torch
 
@@ -104,6 +173,7 @@ def diagnose(depth: int) -> dict[str, Any]:
     t = 1e-6
     f0, fp, fm = at(0.0), at(t), at(-t)
     at(0.0)
+    newton = newton_probe(model, X, y, lam=0.005, groups=groups, max_iter=newton_iters)
     return {
         "depth": depth, **{k: out[k] for k in ("gap", "converged", "grad_norm", "stop_reason")},
         "train_seconds": keep["seconds"],
@@ -115,6 +185,7 @@ def diagnose(depth: int) -> dict[str, Any]:
         "curvature_along_gradient": (fp - 2 * f0 + fm) / t**2,
         "first_order_decrease_at_t": float(g.norm()) * t,
         "second_order_increase_at_t": (fp - 2 * f0 + fm) / 2,
+        "newton": newton,
     }
 
 
@@ -123,17 +194,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 8])
+    ap.add_argument("--newton-iters", type=int, default=100,
+                    help="iterations of the trust-region Newton probe (default 100)")
     ap.add_argument("--out", default=None, help="write the JSON here")
     a = ap.parse_args(argv)
     rows = []
     for L in a.depths:
-        r = diagnose(L)
+        r = diagnose(L, a.newton_iters)
         rows.append(r)
         print(f"L={L}: gap {r['gap']:.5f} converged {r['converged']}; ln margin "
               f"{r['ln_margin']['ratio']:.1e} (sample {r['ln_margin']['sample']}); relu inputs "
               f"within 1e-8 of 0 per sample {r['relu_near_zero_per_sample']['1e-08']}, vs the "
               f"network max {r['relu_near_zero_vs_network_max']['1e-08']} of {r['relu_inputs']}; "
               f"curvature along the gradient {r['curvature_along_gradient']:.2e}", flush=True)
+        nw = r["newton"]
+        print(f"  trust-region Newton, {nw['iterations']} iterations: objective "
+              f"{nw['start']['objective']:.12f} -> {nw['end']['objective']:.12f} "
+              f"(-{nw['decrease']:.2e}); grad norm {nw['start']['grad_norm']:.2e} -> "
+              f"{nw['end']['grad_norm']:.2e}; ln margin {nw['start']['ln_margin']:.1e} -> "
+              f"{nw['end']['ln_margin']:.1e} (sample {nw['end']['ln_margin_sample']}); "
+              f"{nw['message']}", flush=True)
     out = {"benchmark": "singular", "machine": machine(), "rows": rows}
     write_json(out, a.out)
     return out

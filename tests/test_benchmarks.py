@@ -322,3 +322,31 @@ def test_heap_ablation_runs_both_variants_in_fresh_interpreters(tmp_path: Path) 
     assert a == b
     assert out["ratio"] == pytest.approx(out["best_seconds"]["mmap (GUFM_HEAP_REUSE=0)"]
                                          / out["best_seconds"]["heap reuse"])
+
+
+def test_newton_probe_never_goes_up_and_leaves_the_model_at_its_end_point() -> None:
+    import torch
+
+    from benchmarks.singular import newton_probe
+    from gufm.deep.invariance import invariant_groups
+    from gufm.deep.nets import make_model
+    from gufm.deep.objective import full_objective
+
+    model = make_model("rn1", 1, 6, (1, 2, 2), 3, seed=0)
+    X = torch.randn(12, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(12) % 3
+    groups = invariant_groups(model)
+    assert groups, "the embedding of a bias-free ResNet is scale invariant"
+    out = newton_probe(model, X, y, lam=0.01, loss="ce", groups=groups, max_iter=15)
+    assert out["end"]["objective"] <= out["start"]["objective"]
+    assert out["decrease"] == out["start"]["objective"] - out["end"]["objective"]
+    assert 1 <= out["iterations"] <= 15 and len(out["trace"]) == out["iterations"]
+    objs = [out["start"]["objective"]] + [t["objective"] for t in out["trace"]]
+    # a trust region accepts descent steps only
+    assert all(b <= a for a, b in zip(objs[:-1], objs[1:], strict=True))
+    exclude = frozenset(id(p) for g in groups for p in g)
+    again = full_objective(model, X.double(), y, lam=0.01, loss="ce", exclude=exclude)
+    assert again["objective"] == pytest.approx(out["end"]["objective"], rel=1e-12)
+    # the probe minimised the reduced objective: the embedding's penalty was left out
+    with_pen = full_objective(model, X.double(), y, lam=0.01, loss="ce")["objective"]
+    assert with_pen > again["objective"]
