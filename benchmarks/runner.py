@@ -216,6 +216,13 @@ def _adapt_metrics(res: dict[str, Any]) -> list[dict[str, Any]]:
             case, "one read of the data (memory-bandwidth limit)", res.get("read_seconds"), s2,
             notes=("ratio < 1: fraction of the bandwidth limit reached"
                    + (f"; read at {bw:.1f} GB/s" if bw else ""))))
+    if res.get("gemm_floor_seconds") is not None:
+        fl = _num(res.get("ratio_gemm_floor_vs_two_reads"))
+        rows.append(make_row(
+            case, "the second pass's matrix product alone (rows x [Q | W^T], 2K-1 columns)",
+            res.get("gemm_floor_seconds"), s2,
+            notes=("ratio < 1: fraction of the report spent in the product it cannot avoid"
+                   + (f"; the product alone = {fl:.2f}x two reads" if fl else ""))))
     return rows
 
 

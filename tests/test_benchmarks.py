@@ -208,7 +208,8 @@ def test_adapters_for_other_modules() -> None:
     metrics = {"config": {"N": 10, "d": 2, "K": 2, "dtype": "float32", "device": "cpu"},
                "baseline_seconds": 3.0, "stream_2pass_seconds": 1.0, "read_seconds": 0.1,
                "ratio_baseline_vs_stream_2pass": 3.0, "bandwidth_GBps": 5.0,
-               "max_rel_diff_baseline_vs_2pass": 1e-9}
+               "max_rel_diff_baseline_vs_2pass": 1e-9, "gemm_floor_seconds": 0.3,
+               "ratio_gemm_floor_vs_two_reads": 1.5}
     training = {"results": [{"arch": "rn1", "depth": 8, "width": 64, "N": 500, "device": "cpu",
                              "threads": 1, "adam_step_ms": 10.0, "lbfgs_eval_ms": 20.0,
                              "adam_samples_per_s": 5e4}]}
@@ -219,13 +220,15 @@ def test_adapters_for_other_modules() -> None:
                                 "adam_vectorized_s": 0.5, "full_loop_s": 5.0,
                                 "full_vectorized_s": 4.0},
              "vectorized_cuda": "skipped: no CUDA"}
-    counts = {"solver": 2, "metrics": 2, "training": 1, "sweep": 3}
+    counts = {"solver": 2, "metrics": 3, "training": 1, "sweep": 3}
     for name, res in (("solver", solver), ("metrics", metrics), ("training", training),
                       ("sweep", sweep)):
         rows = runner.extract_comparisons(name, res)
         assert len(rows) == counts[name], name
         for r in rows:
             _check_row(r)
+    floor = runner.extract_comparisons("metrics", metrics)[2]
+    assert floor["baseline_seconds"] == 0.3 and "1.50x two reads" in floor["notes"]
     rows = runner.extract_comparisons("solver", solver)
     assert rows[0]["ratio_is_bound"] and rows[0]["baseline_reached"] is False
     assert runner.extract_comparisons("solver", {"full_baseline": "garbage"}) == []

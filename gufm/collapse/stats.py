@@ -368,10 +368,11 @@ class StatsEngine:
             if withW:
                 # scores w_k^T h_i + b_k (classifier) and h_i^T(mu_k - mu_G) - ||mu_k - mu_G||^2/2
                 # - mu_G^T(mu_k - mu_G) (argmin_k ||h_i - mu_k||^2), from r_i and per-class tables
-                T = torch.index_select(self._dec_t, 0, yb)  # (b, 2K)
+                T = torch.index_select(self._dec_t, 0, yb)  # (b, 2K): [D1 | D2]
                 D1 = T[:, :K].add_(G[:, r:r + K])
-                D2 = torch.addmm(T[:, K:], G[:, :r], self._dec_B)
-                dis_b += (D1.argmax(1) != D2.argmax(1)).sum()
+                T[:, K:].addmm_(G[:, :r], self._dec_B)
+                am = T.view(b, 2, K).argmax(2)  # both decisions in one call
+                dis_b += (am[:, 0] != am[:, 1]).sum()
                 num = D1.gather(1, yb[:, None]).squeeze(1) - self._b_w[yb]
                 # ||h_i|| from the row itself: from ||r_i||, r_i^T mu~ and ||mu~|| it would lose
                 # its accuracy on rows near 0 (dead post-ReLU features), whose cosine is 0
