@@ -68,6 +68,8 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--polish-steps", type=int, default=1000, help="L-BFGS iterations (0: none)")
     t.add_argument("--polish-tol", type=float, default=1e-4,
                    help="converged when the reduced gradient norm is at most this")
+    t.add_argument("--no-polish-limit", dest="polish_limit", action="store_false",
+                   help="skip the singular-limit polish (docs/training.md, section 4)")
     t.add_argument("--checkpoint", default=None, help="checkpoint file (resumed if present)")
     t.add_argument("--save", default=None, metavar="PATH",
                    help="write the trained network there (tensors + JSON metadata)")
@@ -104,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     kw: dict[str, Any] = {"polish_steps": args.polish_steps, "polish_tol": args.polish_tol,
                           "progress": progress}
+    if not getattr(args, "polish_limit", True):
+        kw["polish_limit"] = False
     if args.save:
         kw["save"] = args.save
     if args.init_from:

@@ -128,12 +128,13 @@ def _train_compare(model: nn.Module, ds: Any, *, lam: float, loss: str, lr: floa
     (keys :data:`TRAIN_AND_COMPARE_KEYS` plus ``stop_reason``) and the model."""
     kw.setdefault("progress", False)
     gtol = float(kw.get("polish_tol", GTOL))
-    reason = "not trained (split only)"
+    reason, converged = "not trained (split only)", None
     if train_model:
         tr = train(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=int(seed),
                    device=device, **kw)
-        reason = tr.stop_reason
-    res = compare(model, ds, lam=lam, loss=loss, gtol=gtol, stop_reason=reason)
+        reason, converged = tr.stop_reason, tr.converged
+    res = compare(model, ds, lam=lam, loss=loss, gtol=gtol, stop_reason=reason,
+                  converged=converged)
     if save is not None:
         save_network(model, save, comparison={k: v for k, v in res.to_dict().items()
                                               if k != "collapse"})

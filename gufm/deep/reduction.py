@@ -177,7 +177,8 @@ def _features_and_logits(model: nn.Module, X: torch.Tensor, chunk: int | None
 def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
             bias: bool | None = None, chunk_size: int | None = None, atol: float = 1e-9,
             rtol: float = 1e-8, solve_options: dict[str, Any] | None = None,
-            gtol: float = GTOL, stop_reason: str = "unknown") -> ComparisonResult:
+            gtol: float = GTOL, stop_reason: str = "unknown",
+            converged: bool | None = None) -> ComparisonResult:
     r"""Compare a network with the GUFM optimum (module docstring).
 
     Parameters
@@ -202,6 +203,10 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
         ``converged`` is ``grad_norm <= gtol`` (default: the trainer's ``polish_tol``).
     stop_reason : str
         Recorded as is (the trainer's ``stop_reason``).
+    converged : bool, optional
+        The trainer's verdict (:attr:`gufm.deep.training.TrainResult.converged`, which also
+        counts a stationary singular limit, :mod:`gufm.deep.singular_limit`); the result's
+        ``converged`` is ``grad_norm <= gtol or converged``.
 
     Returns
     -------
@@ -302,7 +307,8 @@ def compare(model: nn.Module, dataset: Any, *, lam: float, loss: str = "ce",
         gufm_distance=rep.get("gufm_distance", math.nan), train_accuracy=acc,
         grad_norm=gn["grad_norm"], grad_norm_exact=gn["grad_norm_exact"],
         grad_norm_rest=float(gn["grad_norm_rest"]),
-        converged=bool(gn["grad_norm"] <= gtol), stop_reason=str(stop_reason),
+        converged=bool(gn["grad_norm"] <= gtol or bool(converged)),
+        stop_reason=str(stop_reason),
         feature_violation=viol,
         N=int(labels.shape[0]), K=K, d=d, lam=float(lam), loss=loss, bias=bool(bias),
         seconds=time.perf_counter() - t0, collapse=rep, gufm_optimum_hard=float(hard.value),

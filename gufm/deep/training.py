@@ -62,6 +62,8 @@ from gufm.deep.invariance import (
 from gufm.deep.objective import clone_double, data_loss, full_objective, param_penalty
 from gufm.deep.polish import GTOL
 from gufm.deep.polish import polish as run_polish
+from gufm.deep.singular_limit import applies as limit_applies
+from gufm.deep.singular_limit import limit_polish
 from gufm.model.losses import check_loss
 
 __all__ = [
@@ -115,7 +117,7 @@ class TrainResult:
     grad_norm_exact : float
         :math:`\\lVert\\nabla\\mathcal L\\rVert_2` at the returned weights.
     converged : bool
-        ``grad_norm <= polish_tol`` (module docstring).
+        ``grad_norm <= polish_tol``, or a stationary singular limit (module docstring).
     stop_reason : str
     shrink : float
         Smallest factor a scale-invariant group was multiplied by at the end (1: none).
@@ -135,6 +137,11 @@ class TrainResult:
         (:func:`gufm.deep.conditioning.layernorm_margin`); below
         :data:`~gufm.deep.conditioning.LN_MARGIN_FLAG` a non-converged run says so in
         ``stop_reason``.
+    limit_grad_norm, limit_slope, limit_sample : float, float, int or None
+        When the singular-limit polish was kept (``polish_limit``): the limit objective's
+        gradient norm and outward slope at the returned network and the sample it freed
+        (:class:`gufm.deep.singular_limit.SingularLimit`); ``converged`` is then also true
+        when ``limit_grad_norm <= polish_tol`` and ``limit_slope >= -polish_tol``.
 
     Examples
     --------
@@ -166,12 +173,16 @@ class TrainResult:
     config: dict[str, Any] = field(default_factory=dict)
     ln_margin: float = float("inf")
     ln_margin_sample: int = -1
+    limit_grad_norm: float | None = None
+    limit_slope: float | None = None
+    limit_sample: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no model, no history)."""
         keys = ("objective", "loss", "penalty", "accuracy", "grad_norm", "grad_norm_exact",
                 "converged", "stop_reason", "shrink", "adam_steps", "polish_iters",
-                "epochs_done", "completed", "seconds", "ln_margin", "ln_margin_sample")
+                "epochs_done", "completed", "seconds", "ln_margin", "ln_margin_sample",
+                "limit_grad_norm", "limit_slope", "limit_sample")
         return {k: getattr(self, k) for k in keys} | {"config": self.config}
 
 
@@ -235,6 +246,7 @@ def train(
     polish_steps: int = 1000,
     polish_tol: float = GTOL,
     polish_history: int = 100,
+    polish_limit: bool = True,
     chunk_size: int | None = None,
     scale_invariant: str = "reduce",
     invariant_penalty: float = 1e-12,
@@ -281,6 +293,12 @@ def train(
         ``converged`` means.
     polish_history : int
         L-BFGS memory.
+    polish_limit : bool
+        When the polish ends unconverged with a sample near the embedding's LayerNorm
+        singular set (ResNets on flat input), run :func:`gufm.deep.singular_limit.limit_polish`
+        (``polish_steps`` more iterations on the limit objective, kept only if it lowers the
+        objective); such a run counts as converged when the limit is first-order stationary
+        (docs/training.md, section 4).
     chunk_size : int, optional
         Evaluate full-batch objectives in chunks of this many samples (memory).
     scale_invariant : {"reduce", "penalize"}
@@ -355,7 +373,8 @@ def train(
     config = dict(lam=float(lam), loss=loss, lr=float(lr), epochs=epochs, batch_size=batch,
                   seed=int(seed), schedule=schedule, warmup=float(warmup),
                   final_lr=float(final_lr), polish=polish, polish_steps=int(polish_steps),
-                  polish_tol=float(polish_tol), polish_history=int(polish_history), N=N,
+                  polish_tol=float(polish_tol), polish_history=int(polish_history),
+                  polish_limit=bool(polish_limit), N=N,
                   scale_invariant=scale_invariant if groups else "none",
                   invariant_penalty=float(invariant_penalty))
     key = _config_key(config)
@@ -363,6 +382,7 @@ def train(
     history: list[dict[str, Any]] = []
     epoch0, phase, polish_iters = 0, "adam", 0
     polish_reason = "not run"
+    limit_state: dict[str, Any] = {}
     shrink_c = 1.0
     ckpt = Path(checkpoint) if checkpoint is not None else None
 
@@ -385,6 +405,7 @@ def train(
         history = list(state["history"])
         polish_iters = int(state.get("polish_iters", 0))
         polish_reason = str(state.get("polish_reason", polish_reason))
+        limit_state = dict(state.get("limit", {}))
         shrink_c = float(state.get("shrink", 1.0))
 
     def save(ph: str, ep: int) -> None:
@@ -395,7 +416,8 @@ def train(
                                "model": model.state_dict(),
                                "optimizer": opt.state_dict() if ph == "adam" else {},
                                "history": history, "polish_iters": polish_iters,
-                               "polish_reason": polish_reason, "shrink": shrink_c})
+                               "polish_reason": polish_reason, "shrink": shrink_c,
+                               "limit": limit_state})
 
     def record(rec: dict[str, Any]) -> None:
         history.append(rec)
@@ -460,6 +482,14 @@ def train(
                             history_size=int(polish_history), chunk_size=chunk_size,
                             record=record, progress=progress)
             polish_iters, polish_reason = pr.iterations, pr.stop_reason
+            if polish_limit and not pr.converged and limit_applies(model):
+                lp = limit_polish(model, X, y, lam=lam, loss=loss, max_iter=int(polish_steps),
+                                  gtol=polish_tol, history_size=int(polish_history),
+                                  chunk_size=chunk_size, record=record)
+                polish_iters += lp.iterations
+                if lp.sample >= 0:
+                    polish_reason = (f"{polish_reason}; then {lp.describe(polish_tol)}")
+                    limit_state = lp.to_state(polish_tol)
         else:
             polish_reason = "no polish"
         shrink_c = shrink_groups(groups, lam, invariant_penalty)
@@ -473,7 +503,7 @@ def train(
         fin = full_objective(model, Xf, y, lam=lam, loss=loss, chunk_size=chunk_size)
     gn = gradient_norms(model, Xf, y, lam=lam, loss=loss, chunk_size=chunk_size,
                         scale_invariant=scale_invariant)
-    converged = bool(gn["grad_norm"] <= polish_tol)
+    converged = bool(gn["grad_norm"] <= polish_tol) or bool(limit_state.get("converged"))
     margin = layernorm_margin(model, Xf, chunk_size)
     if stopped:
         reason = "stopped by stop_after"
@@ -482,7 +512,10 @@ def train(
                   f"{'<=' if converged else '>'} polish_tol {polish_tol:.3g})")
     else:
         reason = polish_reason
-    if not converged and margin.flagged:
+    if margin.flagged and margin.sample == limit_state.get("sample"):
+        reason = (f"{reason}; sample {margin.sample} is held a step {limit_state['step']:.0e} "
+                  "off the LayerNorm singular set by the singular-limit polish")
+    elif margin.flagged and not converged:
         reason = f"{reason}; {margin.describe()}"
     return TrainResult(model=model, objective=fin["objective"], loss=fin["loss"],
                        penalty=fin["penalty"], accuracy=fin["accuracy"],
@@ -492,4 +525,7 @@ def train(
                        adam_steps=epoch0 * steps_per_epoch, polish_iters=polish_iters,
                        epochs_done=epoch0, completed=not stopped,
                        seconds=time.perf_counter() - t0, history=history, config=config,
-                       ln_margin=margin.ratio, ln_margin_sample=margin.sample)
+                       ln_margin=margin.ratio, ln_margin_sample=margin.sample,
+                       limit_grad_norm=limit_state.get("grad_norm"),
+                       limit_slope=limit_state.get("slope"),
+                       limit_sample=limit_state.get("sample"))
