@@ -375,9 +375,8 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
        samples move, to first order by ``slope`` :math:`\cdot\,\tau`; measured on L-RN1 at
        L = 8, steps of at least ``1e-4`` all ended above the starting objective, ``1e-9``
        below it).  A network held
-       within ``1e-6`` of the singular set loses sample :math:`s`'s feature when its weights
-       are cast to float32 (continuation's split does: a split-only network of such a net had
-       a gap of 0.11 instead of 0.014; training the split network recovers it);
+       within ``1e-6`` of the singular set loses sample :math:`s`'s feature if its weights
+       are cast to float32 (below float32's resolution of the centred embedding);
     3. keeps the network only if its reduced objective is below the starting one (else
        restores it): the result is never above its start.
 
