@@ -4,7 +4,8 @@
                                   [--out benchmarks/results/study/singular.json]
 
 The closing-note setup (L-RN1, digits, width 32, 30 per class, lam = 0.005, seed 0, all
-defaults: 1000 Adam epochs + 1000 L-BFGS iterations), trained fresh at each depth.  For each
+defaults: 1000 Adam epochs + 1000 L-BFGS iterations, ``polish_limit=False``: the L-BFGS
+plateau, before the singular-limit polish), trained fresh at each depth.  For each
 trained network, in float64 with the embedding at its representative scale:
 
 * ``ln_margin``: :func:`gufm.deep.conditioning.layernorm_margin` (smallest relative centred
@@ -116,7 +117,9 @@ def diagnose(depth: int, newton_iters: int = 100) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.pt"
-        out = train_and_compare("rn1", depth, 32, ds, None, 1000, 0.005, 0.005, 0, save=path)
+        # the L-BFGS plateau itself: without the singular-limit polish that follows it
+        out = train_and_compare("rn1", depth, 32, ds, None, 1000, 0.005, 0.005, 0, save=path,
+                                polish_limit=False)
         model, _ = load_network(path)
     keep["seconds"] = time.perf_counter() - t0
     model.double()
