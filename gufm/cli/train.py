@@ -36,8 +36,10 @@ def add_parsers(subparsers: Any) -> None:
     >>> p = argparse.ArgumentParser()
     >>> add_parsers(p.add_subparsers(dest="command"))
     >>> a = p.parse_args(["train", "--arch", "rn1", "--depth", "3", "--n-per-class", "all"])
-    >>> a.depth, a.width, a.n_per_class, a.dataset, a.func is cmd_train
-    (3, 64, None, 'digits', True)
+    >>> a.depth, a.width, a.n_per_class, a.dataset, a.func is cmd_train, a.polish_limit
+    (3, 64, None, 'digits', True, True)
+    >>> p.parse_args(["train", "--arch", "rn1", "--depth", "3", "--no-polish-limit"]).polish_limit
+    False
     """
     from gufm.deep.data.loaders import DATASETS
     from gufm.deep.nets.models import ARCHS
@@ -105,9 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     kw: dict[str, Any] = {"polish_steps": args.polish_steps, "polish_tol": args.polish_tol,
-                          "progress": progress}
-    if not getattr(args, "polish_limit", True):
-        kw["polish_limit"] = False
+                          "progress": progress, "polish_limit": args.polish_limit}
     if args.save:
         kw["save"] = args.save
     if args.init_from:

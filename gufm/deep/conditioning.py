@@ -22,6 +22,7 @@ sample and the call it belongs to.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from gufm.deep.nets.blocks import record_layernorm_inputs
 from gufm.deep.objective import chunks
 
-__all__ = ["LN_MARGIN_FLAG", "LayerNormMargin", "layernorm_margin"]
+__all__ = ["LN_MARGIN_FLAG", "LayerNormMargin", "layernorm_margin", "layernorm_ratios"]
 
 #: a relative centred norm below this flags a sample as near the LayerNorm singularity
 LN_MARGIN_FLAG = 1e-3
@@ -76,9 +77,46 @@ class LayerNormMargin:
 
 
 @torch.no_grad()
+def layernorm_ratios(model: nn.Module, X: Tensor, chunk_size: int | None = None
+                     ) -> list[Tensor]:
+    """For every LayerNorm call of a forward pass, each sample's relative centred input norm:
+    the smallest centred norm of its rows over the median of all rows of that call, float64,
+    shape ``(N,)`` (``inf`` for a call whose median is 0).  Call 0 is the embedding's.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gufm.deep.nets import make_model
+    >>> m = make_model("rn1", 2, 8, (1, 2, 2), 3, seed=0)
+    >>> X = torch.randn(20, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    >>> X[7] = 0.0
+    >>> r = layernorm_ratios(m, X)
+    >>> len(r), int(r[0].argmin()), float(r[0][7])
+    (4, 7, 0.0)
+    """
+    was_training = model.training
+    model.eval()
+    parts: list[list[Tensor]] = []
+    try:
+        for sl in chunks(X.shape[0], chunk_size):
+            with record_layernorm_inputs() as norms:
+                model(X[sl])
+            parts.append([n.reshape(n.shape[0], -1) for n in norms])  # (batch, rows/sample)
+    finally:
+        model.train(was_training)
+    out = []
+    for c in range(len(parts[0]) if parts else 0):
+        n = torch.cat([p[c] for p in parts]).double()  # (N, rows per sample)
+        med = float(n.median())
+        out.append(n.min(dim=1).values / med if med > 0
+                   else torch.full((n.shape[0],), math.inf, dtype=n.dtype))
+    return out
+
+
 def layernorm_margin(model: nn.Module, X: Tensor, chunk_size: int | None = None
                      ) -> LayerNormMargin:
-    """:class:`LayerNormMargin` of ``model`` on the samples ``X`` (module docstring).
+    """:class:`LayerNormMargin` of ``model`` on the samples ``X`` (module docstring): the
+    smallest of :func:`layernorm_ratios`.
 
     Examples
     --------
@@ -93,26 +131,11 @@ def layernorm_margin(model: nn.Module, X: Tensor, chunk_size: int | None = None
     >>> layernorm_margin(m, X).sample
     7
     """
-    was_training = model.training
-    model.eval()
-    parts: list[list[Tensor]] = []
-    try:
-        for sl in chunks(X.shape[0], chunk_size):
-            with record_layernorm_inputs() as norms:
-                model(X[sl])
-            parts.append([n.reshape(n.shape[0], -1) for n in norms])  # (batch, rows/sample)
-    finally:
-        model.train(was_training)
+    ratios = layernorm_ratios(model, X, chunk_size)
     best = (float("inf"), -1, -1)
-    calls = len(parts[0]) if parts else 0
-    for c in range(calls):
-        n = torch.cat([p[c] for p in parts]).double()  # (N, rows per sample)
-        med = float(n.median())
-        if med <= 0:
-            continue
-        per_sample = n.min(dim=1).values / med
+    for c, per_sample in enumerate(ratios):
         i = int(per_sample.argmin())
         r = float(per_sample[i])
         if r < best[0]:
             best = (r, i, c)
-    return LayerNormMargin(best[0], best[1], best[2], calls)
+    return LayerNormMargin(best[0], best[1], best[2], len(ratios))

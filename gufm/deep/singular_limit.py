@@ -65,9 +65,9 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
 
-from gufm.deep.conditioning import LN_MARGIN_FLAG
+from gufm.deep.conditioning import LN_MARGIN_FLAG, layernorm_ratios
 from gufm.deep.invariance import invariant_groups, reference_norm
-from gufm.deep.objective import chunks, data_loss, full_objective
+from gufm.deep.objective import chunks, data_loss, full_objective, param_penalty
 
 __all__ = ["LimitPolishResult", "SingularLimit", "embedding_margins", "limit_polish",
            "singular_limit"]
@@ -171,37 +171,34 @@ def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, sample
     if float(x @ x) == 0.0:
         raise ValueError(f"sample {s} has an all-zero input: it is on the singular set for "
                          "every embedding, and its feature is 0")
-    groups = invariant_groups(model)
-    exclude = frozenset(id(p) for g in groups for p in g)
+    exclude = frozenset(id(p) for g in invariant_groups(model) for p in g)
     params = list(model.parameters())
     for p in params:
         p.grad = None
-    full_objective(model, X, y, lam=lam, loss=loss, backward=True, chunk_size=chunk_size,
-                   exclude=exclude)
-    rest = sum(float((p.grad**2).sum()) for p in params if p is not E and p.grad is not None)
-    # G: the other samples' gradient, from their own backward pass (subtracting g_s x_s^T
-    # from the full gradient cancels: g_s grows like 1/|c_s| and its rounding with it)
-    for p in params:
-        p.grad = None
+    # one pass over the data, the other samples first: their embedding gradient G from their
+    # own backward pass (subtracting g_s x_s^T from the full gradient would cancel: g_s grows
+    # like 1/|c_s|, and its rounding with it)
     others = torch.cat([torch.arange(s), torch.arange(s + 1, N)])
     for sl in chunks(N - 1, chunk_size):
         idx = others[sl]
         (data_loss(model(X[idx]), y[idx], loss, reduction="sum") / N).backward()
     G = E.grad.detach().clone()
-    # g_s: gradient of l_s / N with respect to the embedding output E x_s
+    # then sample s, keeping g_s: the gradient of l_s / N with respect to its embedding E x_s
     captured: dict[str, Tensor] = {}
 
     def keep(_m: nn.Module, _i: object, out: Tensor) -> None:
         out.retain_grad()
         captured["u"] = out
 
-    for p in params:
-        p.grad = None
     handle = model.embed.E.register_forward_hook(keep)
     try:
         (data_loss(model(X[s:s + 1]), y[s:s + 1], loss, reduction="sum") / N).backward()
     finally:
         handle.remove()
+    penalty = param_penalty(model, lam, exclude)
+    if isinstance(penalty, Tensor) and penalty.requires_grad:
+        penalty.backward()
+    rest = sum(float((p.grad**2).sum()) for p in params if p is not E and p.grad is not None)
     for p in params:
         p.grad = None
     g_s = captured["u"].grad.detach()[0]
@@ -231,11 +228,10 @@ def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, sample
                          centred_norm=cn / max(float(En.norm()), 1e-300))
 
 
-@torch.no_grad()
 def embedding_margins(model: nn.Module, X: Tensor) -> Tensor:
     r"""Every sample's centred embedding norm :math:`\lVert P E x_i\rVert` over the median of
-    them (the ratio :func:`gufm.deep.conditioning.layernorm_margin` takes the minimum of at
-    the embedding's LayerNorm), shape ``(N,)``; ``model`` as in :func:`singular_limit`.
+    them: :func:`gufm.deep.conditioning.layernorm_ratios` at the embedding's LayerNorm (call
+    0), shape ``(N,)``; ``model`` as in :func:`singular_limit`.
 
     Examples
     --------
@@ -249,11 +245,7 @@ def embedding_margins(model: nn.Module, X: Tensor) -> Tensor:
     """
     if not applies(model):
         raise ValueError("embedding_margins covers ResNets on flat input (FlatEmbedding) only")
-    E = model.embed.E.weight
-    U = X.reshape(X.shape[0], -1).to(E.dtype) @ E.T
-    c = (U - U.mean(dim=1, keepdim=True)).norm(dim=1)
-    med = c.median()
-    return c / med if float(med) > 0 else torch.full_like(c, math.inf)
+    return layernorm_ratios(model, X)[0]
 
 
 class _OnCondition(nn.Module):
