@@ -137,9 +137,10 @@ class TrainResult:
         (:func:`gufm.deep.conditioning.layernorm_margin`); below
         :data:`~gufm.deep.conditioning.LN_MARGIN_FLAG` a non-converged run says so in
         ``stop_reason``.
-    limit_grad_norm, limit_slope, limit_sample : float, float, int or None
+    limit_grad_norm, limit_slope, limit_samples : float, float, tuple of int or None
         When the singular-limit polish was kept (``polish_limit``): the limit objective's
-        gradient norm and outward slope at the returned network and the sample it freed
+        gradient norm and smallest outward slope at the returned network and the samples it
+        freed
         (:class:`gufm.deep.singular_limit.SingularLimit`); ``converged`` is then also true
         when ``limit_grad_norm <= polish_tol`` and ``limit_slope >= -polish_tol``.
 
@@ -175,14 +176,14 @@ class TrainResult:
     ln_margin_sample: int = -1
     limit_grad_norm: float | None = None
     limit_slope: float | None = None
-    limit_sample: int | None = None
+    limit_samples: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no model, no history)."""
         keys = ("objective", "loss", "penalty", "accuracy", "grad_norm", "grad_norm_exact",
                 "converged", "stop_reason", "shrink", "adam_steps", "polish_iters",
                 "epochs_done", "completed", "seconds", "ln_margin", "ln_margin_sample",
-                "limit_grad_norm", "limit_slope", "limit_sample")
+                "limit_grad_norm", "limit_slope", "limit_samples")
         return {k: getattr(self, k) for k in keys} | {"config": self.config}
 
 
@@ -406,6 +407,8 @@ def train(
         polish_iters = int(state.get("polish_iters", 0))
         polish_reason = str(state.get("polish_reason", polish_reason))
         limit_state = dict(state.get("limit", {}))
+        if "sample" in limit_state:  # a checkpoint written before several samples were freed
+            limit_state["samples"] = [limit_state.pop("sample")]
         shrink_c = float(state.get("shrink", 1.0))
 
     def save(ph: str, ep: int) -> None:
@@ -487,7 +490,7 @@ def train(
                                   gtol=polish_tol, history_size=int(polish_history),
                                   chunk_size=chunk_size, record=record)
                 polish_iters += lp.iterations
-                if lp.sample >= 0:
+                if lp.samples:
                     polish_reason = (f"{polish_reason}; then {lp.describe(polish_tol)}")
                     limit_state = lp.to_state(polish_tol)
         else:
@@ -512,7 +515,7 @@ def train(
                   f"{'<=' if converged else '>'} polish_tol {polish_tol:.3g})")
     else:
         reason = polish_reason
-    if margin.flagged and margin.sample == limit_state.get("sample"):
+    if margin.flagged and margin.sample in limit_state.get("samples", ()):
         reason = (f"{reason}; sample {margin.sample} is held a step {limit_state['step']:.0e} "
                   "off the LayerNorm singular set by the singular-limit polish")
     elif margin.flagged and not converged:
@@ -528,4 +531,5 @@ def train(
                        ln_margin=margin.ratio, ln_margin_sample=margin.sample,
                        limit_grad_norm=limit_state.get("grad_norm"),
                        limit_slope=limit_state.get("slope"),
-                       limit_sample=limit_state.get("sample"))
+                       limit_samples=(None if "samples" not in limit_state
+                                      else tuple(limit_state["samples"])))

@@ -19,10 +19,13 @@ from gufm.deep.nets import make_model
 from gufm.deep.objective import data_loss, full_objective
 from gufm.deep.singular_limit import SingularLimit, applies, singular_limit
 
-LAM, S = 0.01, 4
+LAM, S, S2 = 0.01, 4, (4, 9)
 
 
-def _setup(arch: str = "rn1", t: float = 1e-7, loss_seed: int = 0):
+def _setup(arch: str = "rn1", t: float = 1e-7, loss_seed: int = 0, samples=(S,)):
+    """A model whose ``samples`` sit a relative step ``t`` off the embedding's singular set,
+    each along a random centred direction; returns (model, X, y, inputs (k, D), directions
+    (k, w))."""
     torch.manual_seed(0)
     model = make_model(arch, 2, 6, (1, 2, 2), 3, seed=loss_seed).double()
     g = torch.Generator().manual_seed(1)
@@ -30,37 +33,41 @@ def _setup(arch: str = "rn1", t: float = 1e-7, loss_seed: int = 0):
     y = torch.arange(12) % 3
     normalize_groups([[model.embed.E.weight]], reference_norm(model))
     E = model.embed.E.weight
-    x = X[S].reshape(-1)
-    v = torch.randn(6, dtype=torch.float64, generator=g)
-    v = v - v.mean()
-    v = v / v.norm()
+    Xs = X[list(samples)].reshape(len(samples), -1)  # (k, D)
+    B = Xs.T @ torch.linalg.inv(Xs @ Xs.T)  # dual basis: B^T x_s = e_s
+    V = torch.randn(len(samples), 6, dtype=torch.float64, generator=g)
+    V = V - V.mean(dim=1, keepdim=True)
+    V = V / V.norm(dim=1, keepdim=True)
     with torch.no_grad():
-        u = E @ x
-        c = u - u.mean()
-        E.sub_(torch.outer(c, x) / (x @ x))  # on the singular set ...
+        U = E @ Xs.T
+        E.sub_((U - U.mean(dim=0)) @ B.T)  # on the singular set ...
         E.mul_(reference_norm(model) / E.norm())  # (at the embedding's representative)
-        E.add_(t * float(E.norm()) * torch.outer(v, x) / x.norm())  # ... and a step t off it
-    return model, X, y, x, v
+        E.add_(t * float(E.norm()) * (V.T * Xs.norm(dim=1)) @ B.T)  # ... and a step t off it
+    return model, X, y, Xs, V
 
 
-def _limit_by_autograd(model, X, y, x, v_hat, loss: str = "ce"):
-    """The limit objective built explicitly and differentiated by autograd."""
+def _limit_by_autograd(model, X, y, Xs, V_hat, samples=(S,), loss: str = "ce"):
+    """The limit objective built explicitly and differentiated by autograd: each freed
+    sample's embedding output replaced by mean + v_s, the embedding constrained by an
+    independent least-squares projection onto P E X_S = 0."""
     names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    with torch.no_grad():
-        E0 = params["embed.E.weight"]
-        u = E0 @ x
-        E0 -= torch.outer(u - u.mean(), x) / (x @ x)  # E_lim
-    ref = reference_norm(model)
-    v = (ref * v_hat).clone().requires_grad_(True)
+    pinv = torch.linalg.pinv(Xs.T)  # (k, D): X_S^+, so that X_S X_S^+ projects on the span
 
     def constrained(Et):
-        Ex = Et @ x
-        return Et - torch.outer(Ex - Ex.mean(), x) / (x @ x)
+        EX = Et @ Xs.T
+        return Et - (EX - EX.mean(dim=0)) @ pinv
+
+    with torch.no_grad():
+        params["embed.E.weight"].copy_(constrained(params["embed.E.weight"]))  # E_lim
+    ref = reference_norm(model)
+    vs = [(ref * v).clone().requires_grad_(True) for v in V_hat]
 
     def replace(_m, _i, out):
-        row = out[S].mean() * torch.ones_like(out[S]) + v
-        return torch.cat([out[:S], row[None], out[S + 1:]])
+        rows = list(out)
+        for j, s in enumerate(samples):
+            rows[s] = out[s].mean() + vs[j]
+        return torch.stack(rows)
 
     pd = dict(params)
     pd["embed.E.weight"] = constrained(params["embed.E.weight"])
@@ -71,22 +78,24 @@ def _limit_by_autograd(model, X, y, x, v_hat, loss: str = "ce"):
         h.remove()
     pen = sum((params[n] ** 2).sum() for n in names if n != "embed.E.weight")
     f = data_loss(logits, y, loss) + 0.5 * LAM * pen
-    grads = torch.autograd.grad(f, [params[n] for n in names] + [v])
+    grads = torch.autograd.grad(f, [params[n] for n in names] + vs)
     gE = grads[names.index("embed.E.weight")]
     E_lim = params["embed.E.weight"].detach()
     gE = (gE - ((gE * E_lim).sum() / (E_lim * E_lim).sum()) * E_lim) * (E_lim.norm() / ref)
-    gv = grads[-1]
-    gv = gv - (gv @ v_hat) * v_hat
+    gv_sq = 0.0
+    for j, gv in enumerate(grads[len(names):]):
+        gv = gv - (gv @ V_hat[j]) * V_hat[j]
+        gv_sq += float(gv @ gv)
     rest = sum(float((gr**2).sum()) for n, gr in zip(names, grads, strict=False)
                if n != "embed.E.weight")
-    return math.sqrt(rest), float(gE.norm()), float(gv.norm())
+    return math.sqrt(rest), float(gE.norm()), math.sqrt(gv_sq)
 
 
 @pytest.mark.parametrize("arch,loss", [("rn1", "ce"), ("rn2", "ce"), ("rn1", "mse")])
 def test_limit_gradient_matches_the_limit_network_differentiated_by_autograd(arch, loss):
-    model, X, y, x, v = _setup(arch)
-    lim = singular_limit(model, X, y, lam=LAM, sample=S, loss=loss)
-    rest, emb, direction = _limit_by_autograd(model, X, y, x, v, loss)
+    model, X, y, Xs, V = _setup(arch)
+    lim = singular_limit(model, X, y, lam=LAM, samples=S, loss=loss)
+    rest, emb, direction = _limit_by_autograd(model, X, y, Xs, V, loss=loss)
     assert lim.rest == pytest.approx(rest, rel=1e-5)
     assert lim.embedding == pytest.approx(emb, rel=1e-5)
     assert lim.direction == pytest.approx(direction, rel=1e-5)
@@ -95,85 +104,164 @@ def test_limit_gradient_matches_the_limit_network_differentiated_by_autograd(arc
     assert lim.centred_norm < 1e-6
 
 
-def test_outward_slope_is_the_derivative_of_the_network_leaving_the_singular_set():
-    model, X, y, x, v = _setup("rn1", t=0.0)
+@pytest.mark.parametrize("samples", [(S,), S2])
+def test_limit_gradient_of_several_samples_matches_autograd(samples):
+    model, X, y, Xs, V = _setup("rn1", samples=samples)
+    lim = singular_limit(model, X, y, lam=LAM, samples=samples)
+    rest, emb, direction = _limit_by_autograd(model, X, y, Xs, V, samples=samples)
+    assert lim.samples == samples
+    assert lim.rest == pytest.approx(rest, rel=1e-5)
+    assert lim.embedding == pytest.approx(emb, rel=1e-5)
+    assert lim.direction == pytest.approx(direction, rel=1e-5)
+    assert lim.direction > 1e-6 and lim.embedding > 1e-6
+    if len(samples) > 1:  # freeing one sample only is a different limit: the check can fail
+        one = singular_limit(model, X, y, lam=LAM, samples=samples[0])
+        assert abs(one.embedding - lim.embedding) > 1e-3 * lim.embedding
+
+
+@pytest.mark.parametrize("samples", [(S,), S2])
+def test_outward_slope_is_the_derivative_of_the_network_leaving_the_singular_set(samples):
+    model, X, y, Xs, V = _setup("rn1", t=0.0, samples=samples)
     E = model.embed.E.weight
     E0 = E.detach().clone()
-    # at t = 0 the sample has no direction: take v's from a network a step 1e-9 off the set
+    B = Xs.T @ torch.linalg.inv(Xs @ Xs.T)
+    # at t = 0 the samples have no direction: take v's from a network a step 1e-9 off the set
     with torch.no_grad():
-        E.add_(1e-9 * float(E0.norm()) * torch.outer(v, x) / x.norm())
-    lim = singular_limit(model, X, y, lam=LAM, sample=S)
+        E.add_(1e-9 * float(E0.norm()) * (V.T * Xs.norm(dim=1)) @ B.T)
+    lim = singular_limit(model, X, y, lam=LAM, samples=samples)
+    slopes = []
+    for j in range(len(samples)):
+        b = B[:, j]
+        # sample j leaves the set along v_j; the other freed samples stay on it (at the
+        # directions of the network 1e-9 off: fixed, so they do not move to first order)
+        others = sum((1e-9 * float(E0.norm()) * Xs[i].norm() * torch.outer(V[i], B[:, i])
+                      for i in range(len(samples)) if i != j), torch.zeros_like(E0))
 
-    def f(tau: float) -> float:
-        with torch.no_grad():
-            E.copy_(E0 + tau * torch.outer(v, x) / x.norm())
-        return full_objective(model, X, y, lam=LAM, exclude=frozenset({id(E)}))["objective"]
+        def f(tau: float, b=b, j=j, others=others) -> float:
+            with torch.no_grad():
+                E.copy_(E0 + others + tau * torch.outer(V[j], b) / b.norm())
+            return full_objective(model, X, y, lam=LAM, exclude=frozenset({id(E)}))["objective"]
 
-    t1, t2 = 1e-5, 2e-5
-    fd = (f(t2) - f(t1)) / (t2 - t1)
-    assert lim.slope == pytest.approx(fd, rel=1e-3, abs=1e-9)
+        t1, t2 = 1e-5, 2e-5
+        slopes.append((f(t2) - f(t1)) / (t2 - t1))
+    assert lim.slope == pytest.approx(min(slopes), rel=1e-3, abs=1e-9)
     assert abs(lim.slope) > 1e-4  # a non-trivial comparison
 
 
 @pytest.mark.parametrize("c", [1e-3, 1.0, 1e3])
-def test_limit_is_invariant_under_the_embedding_scale(c):
-    model, X, y, _, _ = _setup("rn1")
-    base = singular_limit(model, X, y, lam=LAM, sample=S)
+@pytest.mark.parametrize("samples", [(S,), S2])
+def test_limit_is_invariant_under_the_embedding_scale(c, samples):
+    model, X, y, _, _ = _setup("rn1", samples=samples)
+    base = singular_limit(model, X, y, lam=LAM, samples=samples)
     with torch.no_grad():
         model.embed.E.weight.mul_(c)
-    lim = singular_limit(model, X, y, lam=LAM, sample=S)
+    lim = singular_limit(model, X, y, lam=LAM, samples=samples)
     for name in ("grad_norm", "slope", "rest", "embedding", "direction", "centred_norm"):
         assert getattr(lim, name) == pytest.approx(getattr(base, name), rel=1e-7), name
 
 
+def test_limit_is_invariant_under_the_order_of_the_samples():
+    model, X, y, _, _ = _setup("rn1", samples=S2)
+    a = singular_limit(model, X, y, lam=LAM, samples=S2)
+    b = singular_limit(model, X, y, lam=LAM, samples=S2[::-1])
+    for name in ("grad_norm", "slope", "rest", "embedding", "direction", "centred_norm"):
+        assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-10), name
+
+
 def test_bad_input_is_refused():
     model, X, y, _, _ = _setup("rn1")
-    with pytest.raises(ValueError, match="sample must be in"):
-        singular_limit(model, X, y, lam=LAM, sample=12)
+    with pytest.raises(ValueError, match="samples must be indices in"):
+        singular_limit(model, X, y, lam=LAM, samples=12)
+    with pytest.raises(ValueError, match="samples must not repeat"):
+        singular_limit(model, X, y, lam=LAM, samples=[3, 3])
+    with pytest.raises(ValueError, match="at least one"):
+        singular_limit(model, X, y, lam=LAM, samples=[])
     X0 = X.clone()
     X0[2] = 0.0
     with pytest.raises(ValueError, match="all-zero input"):
-        singular_limit(model, X0, y, lam=LAM, sample=2)
+        singular_limit(model, X0, y, lam=LAM, samples=2)
+    Xd = X.clone()
+    Xd[7] = 2.0 * Xd[3]  # sample 7's input is in the span of sample 3's
+    with pytest.raises(ValueError, match="sample 7's input lies in the span"):
+        singular_limit(model, Xd, y, lam=LAM, samples=3)
+    # four inputs in R^4 span every other input
+    with pytest.raises(ValueError, match="lies in the span"):
+        singular_limit(model, X, y, lam=LAM, samples=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="linearly dependent"):
+        singular_limit(model, X, y, lam=LAM, samples=[0, 1, 2, 3, 5])
     t11 = make_model("t11", 2, 8, (1, 4, 4), 3, patch_size=2)
     assert not applies(t11)
     with pytest.raises(ValueError, match="ResNets on flat input"):
-        singular_limit(t11, torch.randn(3, 1, 4, 4), torch.arange(3), lam=LAM, sample=0)
+        singular_limit(t11, torch.randn(3, 1, 4, 4), torch.arange(3), lam=LAM, samples=0)
+
+
+def test_a_duplicate_of_a_freed_input_is_the_same_sample():
+    model, X, y, _, _ = _setup("rn1")
+    Xd, yd = torch.cat([X, X[S:S + 1]]), torch.cat([y, y[S:S + 1]])
+    lim = singular_limit(model, Xd, yd, lam=LAM, samples=S)
+    assert math.isfinite(lim.grad_norm) and lim.embedding < 1.0  # not 1/|c_s| large
+    # the duplicate doubles sample S's weight: the same as freeing S with its loss doubled
+    base = singular_limit(model, X, y, lam=LAM, samples=S)
+    assert lim.direction != pytest.approx(base.direction, rel=1e-3)
 
 
 def test_stationary_needs_both_conditions():
-    assert SingularLimit(0, 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0).stationary(1e-4)
-    assert not SingularLimit(0, 2e-4, 1.0, 0.0, 0.0, 0.0, 0.0).stationary(1e-4)
-    assert not SingularLimit(0, 1e-5, -2e-4, 0.0, 0.0, 0.0, 0.0).stationary(1e-4)
+    assert SingularLimit((0,), 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0).stationary(1e-4)
+    assert not SingularLimit((0,), 2e-4, 1.0, 0.0, 0.0, 0.0, 0.0).stationary(1e-4)
+    assert not SingularLimit((0,), 1e-5, -2e-4, 0.0, 0.0, 0.0, 0.0).stationary(1e-4)
     assert "converged to the singular limit of sample 0" in SingularLimit(
-        0, 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0).describe(1e-4)
+        (0,), 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0).describe(1e-4)
+    assert "singular limit of samples 0, 5" in SingularLimit(
+        (0, 5), 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0).describe(1e-4)
 
 
-def test_limit_polish_lowers_the_objective_and_realises_a_network():
+@pytest.mark.parametrize("samples", [(S,), S2])
+def test_limit_polish_lowers_the_objective_and_realises_a_network(samples):
     from gufm.deep.singular_limit import embedding_margins, limit_polish
 
-    model, X, y, x, _ = _setup("rn1")
+    model, X, y, Xs, _ = _setup("rn1", samples=samples)
     E = model.embed.E.weight
     ex = frozenset({id(E)})
     f0 = full_objective(model, X, y, lam=LAM, exclude=ex)["objective"]
-    assert float(embedding_margins(model, X)[S]) < 1e-5
+    assert float(embedding_margins(model, X)[list(samples)].max()) < 1e-5
     out = limit_polish(model, X, y, lam=LAM, max_iter=40)
-    assert out.sample == S and out.accepted and out.iterations > 0
+    assert sorted(out.samples) == sorted(samples) and out.accepted and out.iterations > 0
+    assert out.rounds >= 1
     assert out.start_objective == pytest.approx(f0, rel=1e-12)
     assert out.objective < out.start_objective
     # the returned network is a real network with the reported objective ...
     again = full_objective(model, X, y, lam=LAM, exclude=ex)["objective"]
     assert again == pytest.approx(out.objective, rel=1e-12)
     assert not hasattr(model.embed.E, "parametrizations")
-    # ... whose sample S sits the chosen step off the singular set
+    # ... whose freed samples sit the chosen step off the singular set: P E x_s =
+    # tau |E_lim| |x_s| vhat_s, with |E|^2 = |E_lim|^2 + |tau-part|^2 (orthogonal parts)
     Ew = model.embed.E.weight.detach()
-    u = Ew @ x
-    rel = float((u - u.mean()).norm()) / (float(Ew.norm()) * float(x.norm()))
-    # E = E_lim + tau |E_lim| vhat x^T / |x| with E_lim ⟂ vhat x^T: |E| = |E_lim| sqrt(1 + tau^2)
-    assert rel == pytest.approx(out.step / math.sqrt(1 + out.step**2), rel=1e-6)
-    assert out.limit is not None and out.limit.sample == S
+    U = Ew @ Xs.T
+    C = U - U.mean(dim=0)
+    B = Xs.T @ torch.linalg.inv(Xs @ Xs.T)
+    E_lim = Ew - C @ B.T
+    for j in range(len(samples)):
+        rel = float(C[:, j].norm()) / (float(E_lim.norm()) * float(Xs[j].norm()))
+        assert rel == pytest.approx(out.step, rel=1e-6)
+    assert out.limit is not None and out.limit.samples == out.samples
     assert out.converged(1e-4) == out.limit.stationary(1e-4)
     state = out.to_state(1e-4)
-    assert state["sample"] == S and state["decrease"] > 0
+    assert state["samples"] == list(out.samples) and state["decrease"] > 0
+
+
+def test_limit_polish_frees_every_flagged_sample_up_to_max_free():
+    from gufm.deep.singular_limit import embedding_margins, limit_polish
+
+    model, X, y, _, _ = _setup("rn1", samples=S2)
+    r = embedding_margins(model, X)
+    first = S2[int(r[list(S2)].argmin())]  # the most singular of the two
+    out = limit_polish(model, X, y, lam=LAM, max_iter=20, max_free=1)
+    assert out.samples == (first,) and out.rounds == 1
+    model, X, y, _, _ = _setup("rn1", samples=S2)
+    out = limit_polish(model, X, y, lam=LAM, max_iter=20)
+    assert sorted(out.samples) == sorted(S2) and out.rounds == 1  # both flagged at the start
+    with pytest.raises(ValueError, match="max_free"):
+        limit_polish(model, X, y, lam=LAM, max_free=0)
 
 
 def test_limit_polish_does_nothing_without_a_flagged_sample_and_refuses_transformers():
@@ -184,7 +272,7 @@ def test_limit_polish_does_nothing_without_a_flagged_sample_and_refuses_transfor
     y = torch.arange(9) % 3
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = limit_polish(model, X, y, lam=LAM, flag=1e-12)
-    assert out.sample == -1 and not out.accepted and out.objective == out.start_objective
+    assert out.samples == () and not out.accepted and out.objective == out.start_objective
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     t11 = make_model("t11", 2, 8, (1, 4, 4), 3, patch_size=2)
     with pytest.raises(ValueError, match="ResNets on flat input"):
@@ -195,7 +283,7 @@ def test_limit_polish_does_nothing_without_a_flagged_sample_and_refuses_transfor
 def test_train_reports_the_limit_consistently(loss):
     from gufm.deep.training import train
 
-    model, X, y, _, _ = _setup("rn1")
+    model, X, y, _, _ = _setup("rn1", samples=S2)
     ex = frozenset({id(model.embed.E.weight)})
     f0 = full_objective(model, X, y, lam=LAM, loss=loss, exclude=ex)["objective"]
     r = train(model, (X, y), lam=LAM, loss=loss, epochs=0, polish_steps=30, progress=False)
@@ -204,9 +292,9 @@ def test_train_reports_the_limit_consistently(loss):
     limit_ok = (r.limit_grad_norm is not None and r.limit_grad_norm <= tol
                 and r.limit_slope >= -tol)
     assert r.converged == (r.grad_norm <= tol or limit_ok)
-    if r.limit_sample is not None:
-        assert "singular-limit polish" in r.stop_reason
+    if r.limit_samples is not None:
+        assert set(r.limit_samples) <= set(S2) and "singular-limit polish" in r.stop_reason
     off = train(_setup("rn1")[0], (X, y), lam=LAM, loss=loss, epochs=0, polish_steps=30,
                 progress=False, polish_limit=False)
-    assert off.limit_sample is None and "singular-limit" not in off.stop_reason
+    assert off.limit_samples is None and "singular-limit" not in off.stop_reason
     assert off.config["polish_limit"] is False and r.config["polish_limit"] is True
