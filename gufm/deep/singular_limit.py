@@ -537,7 +537,8 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
         V = [v.detach().clone() for v in net.v]
         iterations += pr.iterations
         rounds += 1
-        reasons.append(f"{', '.join(map(str, new))} freed: {pr.stop_reason}")
+        reasons.append(f"sample{'s' * (len(new) > 1)} {', '.join(map(str, new))} freed: "
+                       f"{pr.stop_reason}")
     if not S:
         return LimitPolishResult((), f0, f0, 0, None, 0.0, False,
                                  f"no sample within {flag:g} of the singular set at the embedding")
@@ -565,5 +566,5 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
                                  f"{f0:.12g}; {reason}); network restored", rounds)
     realise(best_tau)
     lim = singular_limit(model, X, y, lam=lam, samples=S, loss=loss, chunk_size=chunk_size)
-    return LimitPolishResult(tuple(S), f0, best_f, iterations, lim, best_tau, True,
-                             f"sample{'s' * (len(S) > 1)} {reason}", rounds)
+    return LimitPolishResult(tuple(S), f0, best_f, iterations, lim, best_tau, True, reason,
+                             rounds)
