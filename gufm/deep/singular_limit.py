@@ -85,14 +85,17 @@ class SingularLimit:
     grad_norm : float
         Norm of the gradient of :math:`\mathcal L^\star_{\lim}` on the stratum.
     slope : float
-        The smallest one-sided derivative along the ways out of the stratum, one per sample
-        (:math:`\ge 0` at a minimum).
+        The smallest of ``slopes`` (:math:`\ge 0` at a minimum).
     rest, embedding, direction : float
         The parts of ``grad_norm``: every parameter but the embedding, the embedding, and the
         directions :math:`v_s` (all of them together).
     centred_norm : float
         :math:`\max_s \lVert c_s\rVert / \lVert E\rVert_F` (how close the network is to the
         limit).
+    slopes : tuple of float
+        The one-sided derivative along each sample's way out of the stratum, in the order of
+        ``samples`` (a negative one: releasing that sample lowers the objective to first
+        order).
 
     Examples
     --------
@@ -109,6 +112,7 @@ class SingularLimit:
     embedding: float
     direction: float
     centred_norm: float
+    slopes: tuple[float, ...] = ()
 
     def stationary(self, tol: float) -> bool:
         """``grad_norm <= tol`` and ``slope >= -tol``."""
@@ -122,7 +126,9 @@ class SingularLimit:
         return (f"{'converged' if ok else 'not converged'} to the singular limit of {who}: "
                 f"limit gradient {self.grad_norm:.3g} "
                 f"{'<=' if self.grad_norm <= tol else '>'} {tol:.3g}, outward slope "
-                f"{self.slope:.3g} {'>=' if self.slope >= -tol else '<'} -{tol:.3g}")
+                f"{self.slope:.3g} {'>=' if self.slope >= -tol else '<'} -{tol:.3g}"
+                + (f" (sample {self.samples[self.slopes.index(self.slope)]} would leave the "
+                   "singular set)" if self.slope < -tol and self.slope in self.slopes else ""))
 
 
 def applies(model: nn.Module) -> bool:
@@ -285,7 +291,8 @@ def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float,
     return SingularLimit(samples=S, grad_norm=math.sqrt(rest + emb**2 + direction_sq),
                          slope=slope, rest=math.sqrt(rest), embedding=emb,
                          direction=math.sqrt(direction_sq),
-                         centred_norm=float(cn.max()) / max(float(En.norm()), 1e-300))
+                         centred_norm=float(cn.max()) / max(float(En.norm()), 1e-300),
+                         slopes=tuple(slopes))
 
 
 def _check_samples(samples: int | Sequence[int], N: int) -> tuple[int, ...]:

@@ -145,6 +145,8 @@ def test_outward_slope_is_the_derivative_of_the_network_leaving_the_singular_set
         t1, t2 = 1e-5, 2e-5
         slopes.append((f(t2) - f(t1)) / (t2 - t1))
     assert lim.slope == pytest.approx(min(slopes), rel=1e-3, abs=1e-9)
+    for got, fd in zip(lim.slopes, slopes, strict=True):
+        assert got == pytest.approx(fd, rel=1e-3, abs=1e-9)
     assert abs(lim.slope) > 1e-4  # a non-trivial comparison
 
 
@@ -213,6 +215,8 @@ def test_stationary_needs_both_conditions():
         (0,), 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0).describe(1e-4)
     assert "singular limit of samples 0, 5" in SingularLimit(
         (0, 5), 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0).describe(1e-4)
+    text = SingularLimit((0, 5), 1e-5, -0.3, 0.0, 0.0, 0.0, 0.0, (0.1, -0.3)).describe(1e-4)
+    assert "sample 5 would leave the singular set" in text
 
 
 @pytest.mark.parametrize("samples", [(S,), S2])
