@@ -33,7 +33,7 @@ sample's relative centred input norm at the first LayerNorm calls (``ratios``,
 in block ``l``).  A freed sample is held about the realised step off the singular set at call
 0; an inner LN_eps maps a centred input far below sqrt(eps) to itself over sqrt(eps), so the sample's
 representation regains the others' scale over the next few blocks (about 300x per block at
-``ln_eps = 1e-5``), its direction unchanged (the blocks are positively homogeneous per sample):
+``ln_eps = 1e-5``), its direction unchanged (every block preserves a sample's direction up to scale):
 small ratios at calls 1 to 3 are that regime, not another singular set.
 """
 
