@@ -268,6 +268,35 @@ def test_limit_polish_frees_every_flagged_sample_up_to_max_free():
         limit_polish(model, X, y, lam=LAM, max_free=0)
 
 
+def test_a_sample_driven_to_the_singular_set_by_a_round_is_freed_in_the_next(monkeypatch):
+    import gufm.deep.polish as polish_module
+    from gufm.deep.singular_limit import embedding_margins, limit_polish
+
+    model, X, y, _, _ = _setup("rn1", samples=(9,))
+    assert float(embedding_margins(model, X)[S]) > 1e-2  # sample S is not flagged at first
+    real = polish_module.polish
+    freed_per_round = []
+
+    def first_round_drives_S_to_the_set(net, X, y, **kw):
+        freed_per_round.append(len(net.v))
+        result = real(net, X, y, **kw)
+        if len(freed_per_round) == 1:  # the round ends with sample S at the singular set
+            layer = net.net.embed.E
+            orig = layer.parametrizations.weight.original
+            Xs = X[[9, S]].reshape(2, -1)
+            b = (Xs.T @ torch.linalg.inv(Xs @ Xs.T))[:, 1]  # b^T x_9 = 0, b^T x_S = 1
+            with torch.no_grad():
+                W = layer.weight
+                u = W @ Xs[1]
+                orig.copy_(W - (1 - 1e-8) * torch.outer(u - u.mean(), b))  # still on x_9's
+        return result
+
+    monkeypatch.setattr(polish_module, "polish", first_round_drives_S_to_the_set)
+    out = limit_polish(model, X, y, lam=LAM, max_iter=3)
+    assert out.samples == (9, S) and out.rounds == 2 and freed_per_round == [1, 2]
+    assert "sample 9 freed" in out.stop_reason and f"sample {S} freed" in out.stop_reason
+
+
 def test_limit_polish_does_nothing_without_a_flagged_sample_and_refuses_transformers():
     from gufm.deep.singular_limit import limit_polish
 
