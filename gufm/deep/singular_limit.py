@@ -155,8 +155,10 @@ SPAN_TOL = 1e-8
 def _members(flat: Tensor, Xs: Tensor) -> Tensor:
     """For each row of ``flat`` (n, D), the index of the equal row of ``Xs`` (k, D), else -1
     (equal inputs have equal embeddings: a duplicate of a freed sample is that sample)."""
-    eq = (flat[:, None, :] == Xs[None, :, :]).all(dim=-1)
-    return torch.where(eq.any(dim=1), eq.to(torch.int64).argmax(dim=1), -1)
+    out = torch.full((flat.shape[0],), -1, dtype=torch.int64, device=flat.device)
+    for j in range(Xs.shape[0] - 1, -1, -1):  # one (n, D) comparison at a time; first match wins
+        out[(flat == Xs[j]).all(dim=1)] = j
+    return out
 
 
 def _dual_basis(flat: Tensor, S: tuple[int, ...], name: str = "samples") -> Tensor:
