@@ -161,9 +161,10 @@ def _members(flat: Tensor, Xs: Tensor) -> Tensor:
     return out
 
 
-def _dual_basis(flat: Tensor, S: tuple[int, ...], name: str = "samples") -> Tensor:
+def _dual_basis(flat: Tensor, S: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     r""":math:`B = X_S(X_S^\top X_S)^{-1}` (D, k), the dual basis of the freed inputs
-    (:math:`B^\top X_S = I`); the condition's projection is :math:`E \mapsto E - P E X_S B^\top`.
+    (:math:`B^\top X_S = I`; the condition's projection is :math:`E \mapsto E - P E X_S
+    B^\top`), and :func:`_members` of every input.
 
     Raises ``ValueError`` when an input is 0, the inputs are linearly dependent, or another
     input lies in their span (the condition would put it on the singular set too)."""
@@ -176,20 +177,21 @@ def _dual_basis(flat: Tensor, S: tuple[int, ...], name: str = "samples") -> Tens
     gram = Xs.T @ Xs
     ev = torch.linalg.eigvalsh(gram)
     if not float(ev[0]) > SPAN_TOL * float(ev[-1]):
-        raise ValueError(f"the inputs of {name} {S} are linearly dependent (Gram eigenvalues "
+        raise ValueError(f"the inputs of samples {S} are linearly dependent (Gram eigenvalues "
                          f"{float(ev[0]):.3g} to {float(ev[-1]):.3g}): they cannot be freed "
                          "together")
     B = Xs @ torch.linalg.inv(gram)
-    others = _members(flat, Xs.T) < 0
+    member = _members(flat, Xs.T)
+    others = member < 0
     rest = flat[others]
     off = rest - (rest @ B) @ Xs.T
     rel = off.norm(dim=1) / rest.norm(dim=1).clamp_min(1e-300)
     inside = (rel <= SPAN_TOL) & (rest.norm(dim=1) > 0)
     if bool(inside.any()):
         i = int(others.nonzero().flatten()[int(inside.nonzero()[0])])
-        raise ValueError(f"sample {i}'s input lies in the span of the inputs of {name} {S}: "
+        raise ValueError(f"sample {i}'s input lies in the span of the inputs of samples {S}: "
                          "the condition P E x_s = 0 would put it on the singular set too")
-    return B
+    return B, member
 
 
 def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float,
@@ -228,9 +230,8 @@ def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float,
     S = _check_samples(samples, N)
     E = model.embed.E.weight  # (w, D)
     flat = X.reshape(N, -1).to(E.dtype)
-    B = _dual_basis(flat, S)
+    B, member = _dual_basis(flat, S)
     Xs = flat[list(S)].T  # (D, k)
-    member = _members(flat, Xs.T)
     exclude = frozenset(id(p) for g in invariant_groups(model) for p in g)
     params = list(model.parameters())
     for p in params:
@@ -268,7 +269,7 @@ def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float,
         g = torch.zeros(k, g_rows.shape[1], dtype=g_rows.dtype).index_add_(
             0, member[rows], g_rows)  # (k, w): duplicates share their direction
         En = E.detach()
-        Gx = G @ Xs  # (w, k)
+        Gx, GB = G @ Xs, G @ B  # (w, k) each
         Gc = G - (Gx - Gx.mean(dim=0)) @ B.T  # on the condition P E X_S = 0
         U = En @ Xs
         C = U - U.mean(dim=0)  # (w, k): the centred embeddings c_s
@@ -287,8 +288,7 @@ def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float,
             gv = (cn[j] / ref) * (g[j] - g[j].mean())
             gv = gv - (gv @ vhat) * vhat
             direction_sq += float(gv @ gv)
-            b = B[:, j]
-            slopes.append(float(vhat @ (G @ b)) / float(b.norm()) * scale)
+            slopes.append(float(vhat @ GB[:, j]) / float(B[:, j].norm()) * scale)
     slope = math.nan if any(math.isnan(t) for t in slopes) else min(slopes)
     return SingularLimit(samples=S, grad_norm=math.sqrt(rest + emb**2 + direction_sq),
                          slope=slope, rest=math.sqrt(rest), embedding=emb,
@@ -298,11 +298,11 @@ def singular_limit(model: nn.Module, X: Tensor, y: Tensor, *, lam: float,
 
 
 def _check_samples(samples: int | Sequence[int], N: int) -> tuple[int, ...]:
-    raw = [samples] if isinstance(samples, int | Integral) else list(samples)
+    raw = [samples] if isinstance(samples, Integral) else list(samples)
     if not raw:
         raise ValueError("samples must name at least one sample")
     for s in raw:
-        if isinstance(s, bool) or not isinstance(s, int | Integral) or not 0 <= int(s) < N:
+        if isinstance(s, bool) or not isinstance(s, Integral) or not 0 <= int(s) < N:
             raise ValueError(f"samples must be indices in [0, {N}), got {s!r}")
     S = tuple(int(s) for s in raw)
     if len(set(S)) != len(S):
@@ -529,11 +529,11 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
             C = C - C.mean(dim=0)
             V += [C[:, j] * (ref / C[:, j].norm()) for j in range(len(new))]
         S += new
-        B = _dual_basis(flat, tuple(S))
-        Xs = flat[S].T
+        B, _ = _dual_basis(flat, tuple(S))
+        on_condition = _OnCondition(flat[S].T, B)
         with torch.no_grad():
-            layer.weight.copy_(_OnCondition(Xs, B)(layer.weight))
-        parametrize.register_parametrization(layer, "weight", _OnCondition(Xs, B))
+            layer.weight.copy_(on_condition(layer.weight))
+        parametrize.register_parametrization(layer, "weight", on_condition)
         net = _LimitNet(model, flat[S], V)
         try:
             lim_groups = [[layer.parametrizations.weight.original], *[[v] for v in net.v]]
@@ -551,11 +551,11 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
     if not S:
         return LimitPolishResult((), f0, f0, 0, None, 0.0, False,
                                  f"no sample within {flag:g} of the singular set at the embedding")
-    with torch.no_grad():
+    with torch.no_grad():  # B: the last round's, of the final S
         E_lim = layer.weight.detach().clone()
-        B = _dual_basis(flat, tuple(S))
         Vhat = torch.stack([v / v.norm() for v in V], dim=1)  # (w, k)
         direction = (Vhat * flat[S].norm(dim=1)) @ B.T * float(E_lim.norm())
+
     def realise(tau: float) -> None:
         with torch.no_grad():
             layer.weight.copy_(E_lim + tau * direction)
