@@ -479,8 +479,8 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
        parametrised on the condition (:func:`torch.nn.utils.parametrize.
        register_parametrization`) and each :math:`v_s` a scale-invariant group: no curvature
        of order :math:`1/\lVert c_s\rVert^2` is left.  A round can drive another sample towards
-       the singular set (measured on L-RN1 at L = 8: sample 136 to a ratio of 1e-4 once sample
-       263 was freed); the next round frees it;
+       the singular set (on L-RN1 at L = 8, ``python -m benchmarks.depth_table closing``: sample
+       136 below the flag once sample 263 was freed); the next round frees it;
     3. realises the limit as a network, :math:`E = E_{\lim} + \tau\lVert E_{\lim}\rVert
        \sum_{s\in S}\lVert x_s\rVert\hat v_s b_s^\top` (:math:`b_s` the dual basis,
        :math:`b_s^\top x_t = \delta_{st}`, so :math:`PEx_s = \tau\lVert E_{\lim}\rVert
