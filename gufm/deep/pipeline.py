@@ -80,8 +80,8 @@ def train_and_compare(arch: str, depth: int, width: int, dataset: Any, n_per_cla
                              f"{model.width}, not arch={arch!r} width={width}")
     else:
         model = model_for(ds, arch, depth, width, seed=int(seed), **model_kw)
-    out, _ = _train_compare(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=seed,
-                            device=device, save=save, **kw)
+    out, _, _ = _train_compare(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=seed,
+                               device=device, save=save, **kw)
     out["seconds"] = time.perf_counter() - t0
     return {k: out[k] for k in TRAIN_AND_COMPARE_KEYS} | {"stop_reason": out["stop_reason"]}
 
@@ -123,16 +123,17 @@ def initial_model(init: Any, depth: int) -> nn.Module:
 
 def _train_compare(model: nn.Module, ds: Any, *, lam: float, loss: str, lr: float, epochs: int,
                    seed: int, device: str = "cpu", save: Any = None, train_model: bool = True,
-                   **kw: Any) -> tuple[dict[str, Any], nn.Module]:
+                   **kw: Any) -> tuple[dict[str, Any], nn.Module, nn.Module | None]:
     """Train ``model`` (unless ``train_model`` is False) and compare it; the result dictionary
-    (keys :data:`TRAIN_AND_COMPARE_KEYS` plus ``stop_reason``) and the model."""
+    (keys :data:`TRAIN_AND_COMPARE_KEYS` plus ``stop_reason``), the model and (with
+    ``keep_pre_limit=True``) the network before the singular-limit polish, or None."""
     kw.setdefault("progress", False)
     gtol = float(kw.get("polish_tol", GTOL))
-    reason, converged = "not trained (split only)", None
+    reason, converged, pre = "not trained (split only)", None, None
     if train_model:
         tr = train(model, ds, lam=lam, loss=loss, lr=lr, epochs=epochs, seed=int(seed),
                    device=device, **kw)
-        reason, converged = tr.stop_reason, tr.converged
+        reason, converged, pre = tr.stop_reason, tr.converged, tr.pre_limit_model
     res = compare(model, ds, lam=lam, loss=loss, gtol=gtol, stop_reason=reason,
                   converged=converged)
     if save is not None:
@@ -141,7 +142,7 @@ def _train_compare(model: nn.Module, ds: Any, *, lam: float, loss: str, lr: floa
     out = {k: getattr(res, k) for k in TRAIN_AND_COMPARE_KEYS if k != "seconds"}
     out = {k: (v if isinstance(v, bool) else float(v)) for k, v in out.items()}
     out["stop_reason"] = reason
-    return out, model
+    return out, model, pre
 
 
 def train_and_compare_seeds(arch: str, depth: int, width: int, dataset: Any,
@@ -217,10 +218,17 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
 
     Depths are run in increasing order.  At depth :math:`L_i` (:math:`i > 0`) the best
     network of :math:`L_{i-1}` (lowest e2e objective among its fresh and continued runs) is
-    deepened (:func:`gufm.deep.continuation.deepen`): compared as is (``"split"``, an upper
-    bound for free), then trained with ``continue_epochs`` Adam epochs (default
+    deepened (:func:`gufm.deep.continuation.deepen`), and so is that run's network before its
+    singular-limit polish, when that polish changed it (``TrainResult.pre_limit_model``).
+    The lower of the two deepened networks is compared as is (``"split"``, an upper bound
+    for free; its row says ``split_from``: ``"network"`` or ``"pre-limit"``) and then
+    trained with ``continue_epochs`` Adam epochs (default
     ``epochs // 4``) at the peak learning rate ``continue_lr`` (default ``lr / 10``) and the
-    polish (``"continued"``).  ``continue_epochs=0`` is the polish alone, which never ends
+    polish (``"continued"``).  Why both: a network the limit polish holds next to the
+    LayerNorm singular set deepens badly (measured in ``study-deep``, L-RN2 / digits, width
+    64: split-only gaps 0.38 to 0.89 at L = 5 from limit-polished L = 3 networks, against
+    0.010 to 0.011 before that polish existed; docs/training.md, section 6).
+    ``continue_epochs=0`` is the polish alone, which never ends
     above the split network but rarely leaves it: the split network inherits the shallower
     one's stalled point (docs/training.md, section 4).  Measured (L-RN1, digits, width 32,
     N = 300, L = 2 -> 4): polish only
@@ -250,7 +258,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     list of dict
         One per (depth, kind): ``depth``, ``kind``, ``lam``, ``best`` (whether it is the
         row's upper bound at that depth), ``stop_reason`` and the keys of
-        :data:`TRAIN_AND_COMPARE_KEYS`.
+        :data:`TRAIN_AND_COMPARE_KEYS`; ``"split"`` rows also ``split_from``.
 
     Examples
     --------
@@ -272,37 +280,40 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}
     ds = _dataset(dataset, n_per_class, data_kw)
     rows: list[dict[str, Any]] = []
-    prev: nn.Module | None = None
+    prev: list[nn.Module] = []
     for i, L in enumerate(depths):
         lam_L = float(lam) / L if lam_rule == "inverse-depth" else float(lam)
         if lams is not None:
             lam_L = float(lams[L])
-        here: list[tuple[dict[str, Any], nn.Module]] = []
+        run = dict(kw, keep_pre_limit=True)
+        here: list[tuple[str, dict[str, Any], nn.Module, nn.Module | None]] = []
         t0 = time.perf_counter()
         if i == 0 or (fresh and (fresh_max_depth is None or L <= fresh_max_depth)):
             m = model_for(ds, arch, L, width, seed=int(seed), **model_kw)
             here.append(("fresh", *_train_compare(m, ds, lam=lam_L, loss=loss, lr=lr,
                                                   epochs=epochs, seed=seed, device=device,
-                                                  **dict(kw))))
+                                                  **run)))
             here[-1][1]["seconds"] = time.perf_counter() - t0
-        if prev is not None:
+        if prev:
             t0 = time.perf_counter()
-            split = deepen(prev, L)
-            here.append(("split", *_train_compare(split, ds, lam=lam_L, loss=loss, lr=lr,
-                                                  epochs=0, seed=seed, device=device,
-                                                  train_model=False, **dict(kw))))
+            splits = [_train_compare(deepen(p, L), ds, lam=lam_L, loss=loss, lr=lr, epochs=0,
+                                     seed=seed, device=device, train_model=False, **dict(kw))
+                      for p in prev]
+            j = min(range(len(splits)), key=lambda j: splits[j][0]["e2e_objective"])
+            split_out = splits[j][0] | {"split_from": "pre-limit" if j else "network"}
+            here.append(("split", split_out, splits[j][1], None))
             here[-1][1]["seconds"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            m = deepen(prev, L)
-            here.append(("continued", *_train_compare(m, ds, lam=lam_L, loss=loss, lr=c_lr,
-                                                      epochs=cont, seed=seed, device=device,
-                                                      **dict(kw))))
+            here.append(("continued", *_train_compare(deepen(prev[j], L), ds, lam=lam_L,
+                                                      loss=loss, lr=c_lr, epochs=cont, seed=seed,
+                                                      device=device, **run)))
             here[-1][1]["seconds"] = time.perf_counter() - t0
         best = min(range(len(here)), key=lambda j: here[j][1]["e2e_objective"])
-        for j, (kind, out, _) in enumerate(here):
+        for j, (kind, out, _, _) in enumerate(here):
             rows.append({"depth": L, "kind": kind, "lam": lam_L, "best": j == best} | out)
-        trained = [(o["e2e_objective"], m) for k, o, m in here if k != "split"]
-        prev = min(trained, key=lambda t: t[0])[1]
+        trained = [(o["e2e_objective"], m, pre) for k, o, m, pre in here if k != "split"]
+        _, m, pre = min(trained, key=lambda t: t[0])
+        prev = [m] if pre is None else [m, pre]
     return rows
 
 
@@ -328,7 +339,9 @@ def chain_sweep_metrics(kwargs_list: Sequence[dict[str, Any]], device: str = "cp
         objective among fresh, split and continued: the row's upper bound), plus
         ``{kind}_e2e_objective``, ``{kind}_gap`` and ``{kind}_converged`` for each kind of
         :data:`CHAIN_KINDS` (NaN where that run does not exist), ``best_kind`` (its index
-        in :data:`CHAIN_KINDS`), the L = 0 reference ``embedding_gap`` and
+        in :data:`CHAIN_KINDS`), ``split_from_pre_limit`` (1 when the split network was
+        deepened from a network before its singular-limit polish, 0 when not, NaN without a
+        split), the L = 0 reference ``embedding_gap`` and
         ``embedding_converged`` (:func:`embedding_only`, with the shallowest depth's
         :math:`\lambda`), ``N`` and ``input_rank`` (:func:`input_rank`).
 
@@ -376,6 +389,9 @@ def chain_sweep_metrics(kwargs_list: Sequence[dict[str, Any]], device: str = "cp
             for key in ("e2e_objective", "gap", "converged"):
                 m[f"{kind}_{key}"] = float("nan") if r is None else float(r[key])
         m["best_kind"] = CHAIN_KINDS.index(best["kind"])
+        split = next((r for r in here if r["kind"] == "split"), None)
+        m["split_from_pre_limit"] = (float("nan") if split is None
+                                     else float(split["split_from"] == "pre-limit"))
         m.update(embedding_gap=ref["gap"], embedding_converged=float(ref["converged"]),
                  N=float(n), input_rank=float(rank))
         m["stop_reason"] = best["stop_reason"]
@@ -432,7 +448,7 @@ def embedding_only(dataset: Any, width: int, *, lam: float, loss: str = "ce", lr
         for p in model.blocks.parameters():
             p.zero_()
             p.requires_grad_(False)
-    out, _ = _train_compare(model, dataset, lam=lam, loss=loss, lr=lr, epochs=epochs,
-                            seed=seed, device=device, **kw)
+    out, _, _ = _train_compare(model, dataset, lam=lam, loss=loss, lr=lr, epochs=epochs,
+                               seed=seed, device=device, **kw)
     out["seconds"] = time.perf_counter() - t0
     return out

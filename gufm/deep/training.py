@@ -33,6 +33,7 @@ a run resumed from a checkpoint ends in exactly the state of an uninterrupted ru
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -143,6 +144,11 @@ class TrainResult:
         freed
         (:class:`gufm.deep.singular_limit.SingularLimit`); ``converged`` is then also true
         when ``limit_grad_norm <= polish_tol`` and ``limit_slope >= -polish_tol``.
+    pre_limit_model : nn.Module or None
+        With ``keep_pre_limit``: a copy of the network as the L-BFGS polish left it, before
+        the singular-limit polish changed it (``None`` when that polish was not run or not
+        kept, or the run resumed after it).  A network that is not held next to the
+        singular set is the better one to deepen (docs/training.md, section 6).
 
     Examples
     --------
@@ -177,6 +183,7 @@ class TrainResult:
     limit_grad_norm: float | None = None
     limit_slope: float | None = None
     limit_samples: tuple[int, ...] | None = None
+    pre_limit_model: nn.Module | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no model, no history)."""
@@ -248,6 +255,7 @@ def train(
     polish_tol: float = GTOL,
     polish_history: int = 100,
     polish_limit: bool = True,
+    keep_pre_limit: bool = False,
     chunk_size: int | None = None,
     scale_invariant: str = "reduce",
     invariant_penalty: float = 1e-12,
@@ -300,6 +308,10 @@ def train(
         (``polish_steps`` more iterations on the limit objective, kept only if it lowers the
         objective); such a run counts as converged when the limit is first-order stationary
         (docs/training.md, section 4).
+    keep_pre_limit : bool
+        Keep a copy of the network before the singular-limit polish in
+        ``TrainResult.pre_limit_model`` (what :func:`gufm.deep.pipeline.continuation_chain`
+        also deepens).
     chunk_size : int, optional
         Evaluate full-batch objectives in chunks of this many samples (memory).
     scale_invariant : {"reduce", "penalize"}
@@ -384,6 +396,7 @@ def train(
     epoch0, phase, polish_iters = 0, "adam", 0
     polish_reason = "not run"
     limit_state: dict[str, Any] = {}
+    pre_limit: nn.Module | None = None
     shrink_c = 1.0
     ckpt = Path(checkpoint) if checkpoint is not None else None
 
@@ -486,6 +499,7 @@ def train(
                             record=record, progress=progress)
             polish_iters, polish_reason = pr.iterations, pr.stop_reason
             if polish_limit and not pr.converged and limit_applies(model):
+                before = copy.deepcopy(model) if keep_pre_limit else None
                 lp = limit_polish(model, X, y, lam=lam, loss=loss, max_iter=int(polish_steps),
                                   gtol=polish_tol, history_size=int(polish_history),
                                   chunk_size=chunk_size, record=record)
@@ -493,9 +507,13 @@ def train(
                 if lp.samples:
                     polish_reason = (f"{polish_reason}; then {lp.describe(polish_tol)}")
                     limit_state = lp.to_state(polish_tol)
+                if lp.accepted:
+                    pre_limit = before
         else:
             polish_reason = "no polish"
         shrink_c = shrink_groups(groups, lam, invariant_penalty)
+        if pre_limit is not None:
+            shrink_groups(invariant_groups(pre_limit, scale_invariant), lam, invariant_penalty)
         phase = "polished"
         save("polished", epochs)
 
@@ -532,4 +550,5 @@ def train(
                        limit_grad_norm=limit_state.get("grad_norm"),
                        limit_slope=limit_state.get("slope"),
                        limit_samples=(None if "samples" not in limit_state
-                                      else tuple(limit_state["samples"])))
+                                      else tuple(limit_state["samples"])),
+                       pre_limit_model=pre_limit)

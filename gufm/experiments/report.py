@@ -239,6 +239,12 @@ def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
                        f"{max(share):.2g}): the networks are about the embedding alone, and the "
                        "row's trend comes from the GUFM optimum (lam/L) and the head, not "
                        "from building features with depth.")
+        if "split_from_pre_limit" in g:
+            sp = g["split_from_pre_limit"].to_numpy(dtype=float)
+            sp = sp[np.isfinite(sp)]
+            if sp.size:
+                out.append(f"- split networks deepened from a network before its singular-limit "
+                           f"polish (it split lower): {int(sp.sum())} of {sp.size}")
         tail = [v for v in local[-2:] if math.isfinite(v)]
         if tail and max(tail) > 0:
             out.append("- **FLAG: the gap grows with depth** (local slopes at the deepest "

@@ -100,6 +100,49 @@ def test_chain_records_three_runs_and_bounds(loss):
         assert r["gap"] == pytest.approx(r["head_gap"] + r["body_penalty"], abs=1e-12)
 
 
+def test_chain_deepens_the_network_before_the_limit_polish_when_it_splits_lower(monkeypatch):
+    """A run whose limit-polished network splits worse than its network before that polish:
+    the chain must split and continue from the latter (here the "limit-polished" network is
+    made bad on purpose: its classifier times 100)."""
+    import copy
+
+    import gufm.deep.pipeline as pipeline
+    from gufm.deep.data import load_dataset
+    from gufm.deep.reduction import compare
+
+    real_train = pipeline.train
+    kept = {}
+
+    entered = {}
+
+    def train_then_spoil(model, ds, **kw):
+        entered[model.depth] = copy.deepcopy(model)
+        r = real_train(model, ds, **kw)
+        kept[model.depth] = copy.deepcopy(model)
+        with torch.no_grad():
+            model.classifier.weight.mul_(100.0)
+        r.pre_limit_model = kept[model.depth]
+        return r
+
+    monkeypatch.setattr(pipeline, "train", train_then_spoil)
+    rows = continuation_chain("rn1", [1, 2], 8, "digits", 2, 4, 0.01, 0.01, 0,
+                              polish_steps=5, continue_epochs=0, fresh=False)
+    split = next(r for r in rows if r["kind"] == "split")
+    cont = next(r for r in rows if r["kind"] == "continued")
+    assert split["split_from"] == "pre-limit"
+    ds = load_dataset("digits", n_per_class=2, seed=0)
+    expected = compare(deepen(kept[1], 2), ds, lam=0.01).e2e_objective
+    assert split["e2e_objective"] == pytest.approx(expected, rel=1e-12)
+    start = deepen(kept[1], 2).state_dict()
+    spoiled = copy.deepcopy(kept[1])
+    with torch.no_grad():
+        spoiled.classifier.weight.mul_(100.0)
+    assert split["e2e_objective"] < compare(deepen(spoiled, 2), ds, lam=0.01).e2e_objective
+    # the continued run started from that split network
+    assert cont["depth"] == 2
+    assert all(torch.equal(v, start[k]) for k, v in entered[2].state_dict().items())
+
+
 def test_embedding_only_reference():
     from gufm.deep.data import load_dataset
 
@@ -124,3 +167,4 @@ def test_sweep_continuation_records_three_kinds_and_the_report_flags(tmp_path):
     # digits with 2 per class: N = 20 <= rank of the inputs, the embedding alone suffices
     assert "FLAG: the embedding alone reaches the GUFM optimum" in text
     assert "split gap" in text
+    assert "split networks deepened from a network before its singular-limit polish" in text

@@ -331,3 +331,37 @@ def test_train_reports_the_limit_consistently(loss):
                 progress=False, polish_limit=False)
     assert off.limit_samples is None and "singular-limit" not in off.stop_reason
     assert off.config["polish_limit"] is False and r.config["polish_limit"] is True
+
+
+def test_train_keeps_the_network_before_the_limit_polish(monkeypatch):
+    import copy
+
+    import gufm.deep.training as training
+    from gufm.deep.polish import PolishResult
+
+    def stalled(model, X, y, **kw):  # an L-BFGS polish that stops at once, unconverged
+        return PolishResult(0, 1.0, 1.0, 1.0, False, "stub: no further decrease", 0)
+
+    monkeypatch.setattr(training, "run_polish", stalled)
+    model, X, y, _, _ = _setup("rn1", samples=S2)
+    start = copy.deepcopy(model)
+    r = training.train(model, (X, y), lam=LAM, epochs=0, polish_steps=40, progress=False,
+                       keep_pre_limit=True)
+    assert sorted(r.limit_samples) == sorted(S2)
+    pre = r.pre_limit_model
+    assert pre is not None and pre is not r.model
+    # the copy is the network as the (stub) polish left it: the start, its embedding shrunk
+    # like the result's (features unchanged, embedding penalty at most 1e-12; the two samples
+    # 1e-7 off the singular set lose about 1e-10 to cancellation in the centring)
+    with torch.no_grad():
+        assert torch.allclose(pre(X), start(X), rtol=0, atol=1e-8)
+    assert pre.embed.E.weight.norm() < start.embed.E.weight.norm()
+    f_pre = full_objective(pre, X, y, lam=LAM)["objective"]
+    f_start = full_objective(start, X, y, lam=LAM,
+                             exclude=frozenset({id(start.embed.E.weight)}))["objective"]
+    assert f_pre == pytest.approx(f_start, abs=1e-11)
+    assert r.objective < f_pre  # the limit polish was kept: it lowered the objective
+    # keeping the copy changes nothing else
+    model2 = _setup("rn1", samples=S2)[0]
+    r2 = training.train(model2, (X, y), lam=LAM, epochs=0, polish_steps=40, progress=False)
+    assert r2.pre_limit_model is None and r2.objective == r.objective
