@@ -30,7 +30,10 @@ included), then ``EXTRA`` more limit-polish iterations per round: the objective,
 gradient and every freed sample's outward slope before and after.  It also reports each freed
 sample's relative centred input norm at the first LayerNorm calls (``ratios``,
 :func:`gufm.deep.conditioning.layernorm_ratios`; call 0 is the embedding's, call ``l`` the one
-in block ``l``).  A freed sample is held about the realised step off the singular set at call
+in block ``l``), the same for the samples *not* freed (``others``: the three smallest at the
+embedding's call and the smallest at any call: whether another sample approaches the singular
+set without reaching the flag), and a thinned trace of the limit polish (``trace``: step,
+objective, gradient norm).  A freed sample is held about the realised step off the singular set at call
 0; an inner LN_eps maps a centred input far below sqrt(eps) to itself over sqrt(eps), so the sample's
 representation regains the others' scale over the next few blocks (about 300x per block at
 ``ln_eps = 1e-5``), its direction unchanged (every block preserves a sample's direction up to scale):
@@ -228,14 +231,30 @@ def limit_budget(depth: int, extra: int) -> dict[str, Any]:
         r = layernorm_ratios(model, ds.X.double())
         return {str(s): [float(r[c][s]) for c in range(min(5, len(r)))] for s in samples or ()}
 
+    def others(freed: Any) -> dict[str, Any]:
+        """The samples *not* freed: the smallest ratio at the embedding's LayerNorm (call 0)
+        and at any call, with its sample and call (does another sample approach the set?)."""
+        r = torch.stack(layernorm_ratios(model, ds.X.double()))  # (calls, N)
+        keep = torch.ones(r.shape[1], dtype=torch.bool)
+        keep[list(freed or ())] = False
+        idx = torch.nonzero(keep).flatten()
+        sub = r[:, idx]
+        c, j = divmod(int(sub.argmin()), sub.shape[1])
+        e0 = sub[0].sort().values[:3]
+        return {"embedding_smallest": [float(v) for v in e0],
+                "embedding_sample": int(idx[int(sub[0].argmin())]),
+                "any_call": float(sub[c, j]), "any_call_sample": int(idx[j]), "call": c}
+
     trained_ratios = ratios(tr.limit_samples)
-    lp = limit_polish(model, ds.X, ds.y, lam=0.005, max_iter=extra)
+    trained_others = others(tr.limit_samples)
+    trace: list[dict[str, Any]] = []
+    lp = limit_polish(model, ds.X, ds.y, lam=0.005, max_iter=extra, record=trace.append)
     lim = lp.limit
     return {"depth": depth, "extra_iterations": extra, "train_seconds": t1 - t0,
             "extra_seconds": time.perf_counter() - t1,
             "trained": {"limit_grad_norm": tr.limit_grad_norm, "limit_slope": tr.limit_slope,
                         "limit_samples": tr.limit_samples, "converged": tr.converged,
-                        "ratios": trained_ratios},
+                        "ratios": trained_ratios, "others": trained_others},
             "extra": {"accepted": lp.accepted, "decrease": lp.start_objective - lp.objective,
                       "iterations": lp.iterations, "rounds": lp.rounds,
                       "samples": list(lp.samples), "stop_reason": lp.stop_reason,
@@ -243,7 +262,10 @@ def limit_budget(depth: int, extra: int) -> dict[str, Any]:
                       "limit_embedding_part": None if lim is None else lim.embedding,
                       "limit_slope": None if lim is None else lim.slope,
                       "limit_slopes": None if lim is None else list(lim.slopes),
-                      "converged": lp.converged(1e-4), "ratios": ratios(lp.samples)}}
+                      "converged": lp.converged(1e-4), "ratios": ratios(lp.samples),
+                      "others": others(lp.samples),
+                      "trace": [{k: t[k] for k in ("step", "objective", "grad_norm") if k in t}
+                                for t in trace[:: max(1, len(trace) // 20)]]}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

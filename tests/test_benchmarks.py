@@ -353,3 +353,29 @@ def test_newton_probe_never_goes_up_and_leaves_the_model_at_its_end_point() -> N
     # the probe minimised the reduced objective: the embedding's penalty was left out
     with_pen = full_objective(model, X.double(), y, lam=0.01, loss="ce")["objective"]
     assert with_pen > again["objective"]
+
+
+def test_compare_studies_pairs_the_seeds_of_each_cell(tmp_path: Path) -> None:
+    from benchmarks.compare_studies import main
+    from gufm.experiments.spec import RunSpec
+    from gufm.experiments.table import write_run
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    for seed, (a, b) in enumerate([(1.0, 2.0), (3.0, 6.0), (5.0, 10.0)]):
+        write_run(new, RunSpec("rn1", "digits", depth=2, seed=seed), {"gap": a, "split_gap": b})
+        write_run(old, RunSpec("rn1", "digits", depth=2, seed=seed), {"gap": 2 * a,
+                                                                      "split_gap": b})
+    write_run(new, RunSpec("rn1", "digits", depth=4, seed=0), {"gap": 1.0})  # no partner
+    write_run(old, RunSpec("rn1", "digits", depth=2, seed=7), {"gap": 100.0})  # no partner
+    out = main([str(new), str(old), "--out", str(tmp_path / "c.json")])
+    cells = {(c["metric"], c["depth"]): c for c in out["cells"]}
+    assert set(cells) == {("gap", 2), ("split_gap", 2)}  # only shared seeds and depths
+    gap = cells[("gap", 2)]
+    assert gap["seeds"] == 3 and gap["new"] == pytest.approx(3.0) and gap["old"] == 6.0
+    assert gap["ratio"] == 0.5 and gap["log10_ratio"] == pytest.approx(math.log10(0.5))
+    assert gap["sem"] == pytest.approx(0.0, abs=1e-12) and gap["direction"] == "lower"
+    split = cells[("split_gap", 2)]
+    assert split["ratio"] == 1.0 and split["direction"] == "equal" and not split["clearly"]
+    assert json.loads((tmp_path / "c.json").read_text())["benchmark"] == "compare-studies"
+    with pytest.raises(ValueError, match="no runs"):
+        main([str(tmp_path / "empty"), str(old)])
