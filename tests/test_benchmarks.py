@@ -379,3 +379,19 @@ def test_compare_studies_pairs_the_seeds_of_each_cell(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "c.json").read_text())["benchmark"] == "compare-studies"
     with pytest.raises(ValueError, match="no runs"):
         main([str(tmp_path / "empty"), str(old)])
+
+
+def test_chain_rules_runs_every_rule_on_the_same_row(tmp_path: Path) -> None:
+    from benchmarks.chain_rules import main
+
+    out = main(["--small", "--seeds", "0", "--jobs", "1", "--out", str(tmp_path / "c.json")])
+    assert [c["rule"] for c in out["chains"]] == ["network", "lower-split", "both"]
+    for rule, s in out["summary"].items():
+        assert s["ratio"][1] == pytest.approx(out["summary"][rule]["best_gap"][1]
+                                              / out["summary"]["network"]["best_gap"][1])
+        assert s["best_gap"][1] == out["summary"]["network"]["best_gap"][1]  # same fresh run
+    for c in out["chains"]:
+        d2 = c["depths"]["2"]
+        assert d2["best_gap"] == min(d2["fresh_gap"], d2["split_gap"], d2["continued_gap"])
+        assert d2["split_from"] in ("network", "pre-limit")
+    assert json.loads((tmp_path / "c.json").read_text())["benchmark"] == "chain-rules"

@@ -211,7 +211,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
                        loss: str = "ce", device: str = "cpu", *, lam_rule: str = "const",
                        continue_epochs: int | None = None, fresh: bool = True,
                        fresh_max_depth: int | None = None, continue_lr: float | None = None,
-                       lams: dict[int, float] | None = None,
+                       lams: dict[int, float] | None = None, continue_from: str = "lower-split",
                        **kw: Any) -> list[dict[str, Any]]:
     r"""Depth continuation along one row: at every depth the fresh, split-only and continued
     networks, and the row's upper bound (the lowest of the three).
@@ -252,13 +252,21 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     continue_lr : float, optional
     lams : dict of int to float, optional
         The :math:`\lambda` of each depth (overrides ``lam`` and ``lam_rule``).
+    continue_from : {"lower-split", "both", "network"}
+        Train only the lower of the two split networks (default), or both and keep the lower
+        continued run (twice the cost of the continued runs when the limit polish changed
+        the previous depth's best network), or ignore the network before the limit polish
+        (split and continue the best network only: the rule before stop 23, kept as the
+        baseline of ``benchmarks/chain_rules.py``); the ``"continued"`` row says
+        ``continued_from``.
 
     Returns
     -------
     list of dict
         One per (depth, kind): ``depth``, ``kind``, ``lam``, ``best`` (whether it is the
         row's upper bound at that depth), ``stop_reason`` and the keys of
-        :data:`TRAIN_AND_COMPARE_KEYS`; ``"split"`` rows also ``split_from``.
+        :data:`TRAIN_AND_COMPARE_KEYS`; ``"split"`` rows also ``split_from``,
+        ``"continued"`` rows ``continued_from``.
 
     Examples
     --------
@@ -271,6 +279,9 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     """
     if lam_rule not in ("const", "inverse-depth"):
         raise ValueError(f"lam_rule must be 'const' or 'inverse-depth', got {lam_rule!r}")
+    if continue_from not in ("lower-split", "both", "network"):
+        raise ValueError("continue_from must be 'lower-split', 'both' or 'network', got "
+                         f"{continue_from!r}")
     depths = sorted({int(d) for d in depths})
     if not depths:
         raise ValueError("depths must not be empty")
@@ -299,26 +310,31 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
             splits = [_train_compare(deepen(p, L), ds, lam=lam_L, loss=loss, lr=lr, epochs=0,
                                      seed=seed, device=device, train_model=False, **dict(kw))
                       for p in prev]
-            j = min(range(len(splits)), key=lambda j: splits[j][0]["e2e_objective"])
+            order = sorted(range(len(splits)), key=lambda j: splits[j][0]["e2e_objective"])
+            j = order[0]
             split_out = splits[j][0] | {"split_from": "pre-limit" if j else "network"}
             here.append(("split", split_out, splits[j][1], None))
             here[-1][1]["seconds"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            here.append(("continued", *_train_compare(deepen(prev[j], L), ds, lam=lam_L,
-                                                      loss=loss, lr=c_lr, epochs=cont, seed=seed,
-                                                      device=device, **run)))
-            here[-1][1]["seconds"] = time.perf_counter() - t0
+            conts = []
+            for k in order if continue_from == "both" else order[:1]:
+                out, m, pre = _train_compare(deepen(prev[k], L), ds, lam=lam_L, loss=loss,
+                                             lr=c_lr, epochs=cont, seed=seed, device=device,
+                                             **run)
+                conts.append((out | {"continued_from": "pre-limit" if k else "network"}, m, pre))
+            here.append(("continued", *min(conts, key=lambda t: t[0]["e2e_objective"])))
+            here[-1][1]["seconds"] = time.perf_counter() - t0  # all continued runs
         best = min(range(len(here)), key=lambda j: here[j][1]["e2e_objective"])
         for j, (kind, out, _, _) in enumerate(here):
             rows.append({"depth": L, "kind": kind, "lam": lam_L, "best": j == best} | out)
         trained = [(o["e2e_objective"], m, pre) for k, o, m, pre in here if k != "split"]
         _, m, pre = min(trained, key=lambda t: t[0])
-        prev = [m] if pre is None else [m, pre]
+        prev = [m] if pre is None or continue_from == "network" else [m, pre]
     return rows
 
 
 #: options of :func:`continuation_chain` alone (not of a single training run)
-CHAIN_OPTIONS = ("continue_epochs", "continue_lr", "fresh", "fresh_max_depth")
+CHAIN_OPTIONS = ("continue_epochs", "continue_lr", "fresh", "fresh_max_depth", "continue_from")
 
 
 def chain_sweep_metrics(kwargs_list: Sequence[dict[str, Any]], device: str = "cpu"

@@ -34,7 +34,8 @@ TABLE_COLUMNS = (*CONFIG_COLUMNS, "metric", "value")
 RESULT_OPTIONS = ("polish_steps", "batch_size", "data_seed", "normalize", "ln_eps", "bias",
                   "patch_size", "mlp_hidden", "vocab_size", "seq_len", "num_classes", "schedule",
                   "warmup", "final_lr", "polish", "polish_tol", "scale_invariant",
-                  "continuation", "continue_epochs", "continue_lr", "fresh_max_depth")
+                  "continuation", "continue_epochs", "continue_lr", "fresh_max_depth",
+                  "continue_from")
 
 RunFn = Callable[..., dict[str, Any]]
 

@@ -143,6 +143,38 @@ def test_chain_deepens_the_network_before_the_limit_polish_when_it_splits_lower(
     assert all(torch.equal(v, start[k]) for k, v in entered[2].state_dict().items())
 
 
+def test_chain_can_continue_from_both_splits(monkeypatch):
+    """``continue_from="both"`` trains both split networks and keeps the lower continued run."""
+    import copy
+
+    import gufm.deep.pipeline as pipeline
+
+    real_train = pipeline.train
+    entered, results = [], []
+
+    def train_then_spoil(model, ds, **kw):
+        entered.append(copy.deepcopy(model))
+        r = real_train(model, ds, **kw)
+        keep = copy.deepcopy(model)
+        with torch.no_grad():
+            model.classifier.weight.mul_(100.0)
+        r.pre_limit_model = keep
+        results.append(pipeline.compare(model, ds, lam=kw["lam"]).e2e_objective)
+        return r
+
+    monkeypatch.setattr(pipeline, "train", train_then_spoil)
+    rows = continuation_chain("rn1", [1, 2], 8, "digits", 2, 4, 0.01, 0.01, 0,
+                              polish_steps=5, continue_epochs=0, fresh=False,
+                              continue_from="both")
+    assert [m.depth for m in entered] == [1, 2, 2]  # one fresh run, then both splits trained
+    cont = next(r for r in rows if r["kind"] == "continued")
+    assert cont["e2e_objective"] == pytest.approx(min(results[1:]), rel=1e-12)
+    assert cont["continued_from"] == ("pre-limit" if results[1] <= results[2] else "network")
+    with pytest.raises(ValueError, match="continue_from"):
+        continuation_chain("rn1", [1, 2], 8, "digits", 2, 4, 0.01, 0.01, 0,
+                           continue_from="all")
+
+
 def test_embedding_only_reference():
     from gufm.deep.data import load_dataset
 
