@@ -252,13 +252,13 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     continue_lr : float, optional
     lams : dict of int to float, optional
         The :math:`\lambda` of each depth (overrides ``lam`` and ``lam_rule``).
-    continue_from : {"lower-split", "both", "network"}
+    continue_from : {"lower-split", "both", "network", "pre-limit"}
         Train only the lower of the two split networks (default), or both and keep the lower
         continued run (twice the cost of the continued runs when the limit polish changed
         the previous depth's best network), or ignore the network before the limit polish
         (split and continue the best network only: the rule before stop 23, kept as the
-        baseline of ``benchmarks/chain_rules.py``); the ``"continued"`` row says
-        ``continued_from``.
+        baseline of ``benchmarks/chain_rules.py``), or always carry the network before the
+        limit polish when there is one; the ``"continued"`` row says ``continued_from``.
 
     Returns
     -------
@@ -279,9 +279,8 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     """
     if lam_rule not in ("const", "inverse-depth"):
         raise ValueError(f"lam_rule must be 'const' or 'inverse-depth', got {lam_rule!r}")
-    if continue_from not in ("lower-split", "both", "network"):
-        raise ValueError("continue_from must be 'lower-split', 'both' or 'network', got "
-                         f"{continue_from!r}")
+    if continue_from not in CONTINUE_FROM:
+        raise ValueError(f"continue_from must be one of {CONTINUE_FROM}, got {continue_from!r}")
     depths = sorted({int(d) for d in depths})
     if not depths:
         raise ValueError("depths must not be empty")
@@ -291,7 +290,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
     model_kw = {k: kw.pop(k) for k in MODEL_OPTIONS if k in kw}
     ds = _dataset(dataset, n_per_class, data_kw)
     rows: list[dict[str, Any]] = []
-    prev: list[nn.Module] = []
+    prev: list[tuple[str, nn.Module]] = []  # (where it comes from, network)
     for i, L in enumerate(depths):
         lam_L = float(lam) / L if lam_rule == "inverse-depth" else float(lam)
         if lams is not None:
@@ -309,19 +308,19 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
             t0 = time.perf_counter()
             splits = [_train_compare(deepen(p, L), ds, lam=lam_L, loss=loss, lr=lr, epochs=0,
                                      seed=seed, device=device, train_model=False, **dict(kw))
-                      for p in prev]
+                      for _, p in prev]
             order = sorted(range(len(splits)), key=lambda j: splits[j][0]["e2e_objective"])
             j = order[0]
-            split_out = splits[j][0] | {"split_from": "pre-limit" if j else "network"}
+            split_out = splits[j][0] | {"split_from": prev[j][0]}
             here.append(("split", split_out, splits[j][1], None))
             here[-1][1]["seconds"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             conts = []
             for k in order if continue_from == "both" else order[:1]:
-                out, m, pre = _train_compare(deepen(prev[k], L), ds, lam=lam_L, loss=loss,
+                out, m, pre = _train_compare(deepen(prev[k][1], L), ds, lam=lam_L, loss=loss,
                                              lr=c_lr, epochs=cont, seed=seed, device=device,
                                              **run)
-                conts.append((out | {"continued_from": "pre-limit" if k else "network"}, m, pre))
+                conts.append((out | {"continued_from": prev[k][0]}, m, pre))
             here.append(("continued", *min(conts, key=lambda t: t[0]["e2e_objective"])))
             here[-1][1]["seconds"] = time.perf_counter() - t0  # all continued runs
         best = min(range(len(here)), key=lambda j: here[j][1]["e2e_objective"])
@@ -329,9 +328,16 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
             rows.append({"depth": L, "kind": kind, "lam": lam_L, "best": j == best} | out)
         trained = [(o["e2e_objective"], m, pre) for k, o, m, pre in here if k != "split"]
         _, m, pre = min(trained, key=lambda t: t[0])
-        prev = [m] if pre is None or continue_from == "network" else [m, pre]
+        prev = [("network", m)]
+        if pre is not None and continue_from == "pre-limit":
+            prev = [("pre-limit", pre)]
+        elif pre is not None and continue_from != "network":
+            prev.append(("pre-limit", pre))
     return rows
 
+
+#: the rules of ``continuation_chain(continue_from=...)``
+CONTINUE_FROM = ("lower-split", "both", "network", "pre-limit")
 
 #: options of :func:`continuation_chain` alone (not of a single training run)
 CHAIN_OPTIONS = ("continue_epochs", "continue_lr", "fresh", "fresh_max_depth", "continue_from")

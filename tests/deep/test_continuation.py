@@ -175,6 +175,40 @@ def test_chain_can_continue_from_both_splits(monkeypatch):
                            continue_from="all")
 
 
+@pytest.mark.parametrize("rule,expected", [("lower-split", "network"),
+                                           ("pre-limit", "pre-limit"),
+                                           ("network", "network")])
+def test_chain_rule_decides_which_network_is_deepened(monkeypatch, rule, expected):
+    """Here the copy "before the limit polish" is the spoiled one (classifier x 100): the
+    default keeps the lower split (the network), ``"pre-limit"`` carries the copy anyway."""
+    import copy
+
+    import gufm.deep.pipeline as pipeline
+
+    real_train = pipeline.train
+
+    def train_and_spoil_the_copy(model, ds, **kw):
+        r = real_train(model, ds, **kw)
+        bad = copy.deepcopy(model)
+        with torch.no_grad():
+            bad.classifier.weight.mul_(100.0)
+        r.pre_limit_model = bad
+        return r
+
+    monkeypatch.setattr(pipeline, "train", train_and_spoil_the_copy)
+    rows = continuation_chain("rn1", [1, 2], 8, "digits", 2, 4, 0.01, 0.01, 0,
+                              polish_steps=5, continue_epochs=0, fresh=False,
+                              continue_from=rule)
+    split = next(r for r in rows if r["kind"] == "split")
+    cont = next(r for r in rows if r["kind"] == "continued")
+    assert split["split_from"] == expected and cont["continued_from"] == expected
+    fresh = next(r for r in rows if r["kind"] == "fresh")
+    if expected == "pre-limit":  # the spoiled network splits far worse than the trained one
+        assert split["e2e_objective"] > 2 * fresh["e2e_objective"]
+    else:
+        assert split["e2e_objective"] < 2 * fresh["e2e_objective"]
+
+
 def test_embedding_only_reference():
     from gufm.deep.data import load_dataset
 
