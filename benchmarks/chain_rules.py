@@ -9,8 +9,10 @@ The row is L-RN2 / digits (lam/L) of the ``study-deep`` preset: width 64, 50 per
 depths 2 to 34, lam = 0.005 / L, 300 Adam epochs + 300 L-BFGS iterations per network, the
 continued runs the polish alone.  ``network`` (the baseline: deepen the best network only,
 the rule before stop 23), ``lower-split`` (also deepen that run's network before its
-singular-limit polish and continue the lower split: the default) and ``both`` (continue both
-splits, keep the lower).  For each rule and depth: the mean best gap (the lowest of fresh,
+singular-limit polish and continue the lower split: the default), ``both`` (continue both
+splits, keep the lower) and, with ``--rules``, ``pre-limit`` (always carry the network before
+the limit polish when there is one).  The first rule given is the baseline of the ratios.
+For each rule and depth: the mean best gap (the lowest of fresh,
 split and continued), the mean split-only gap, and the seconds; then each rule's best gap
 over the baseline's.  One torch thread per process; chains run in ``--jobs`` processes.
 """
