@@ -48,10 +48,9 @@ def one_chain(rule: str, seed: int, row: dict[str, Any] | None = None) -> dict[s
                            "depths": {}}
     for L in depths:
         here = {r["kind"]: r for r in rows if r["depth"] == L}
-        best = min(r["gap"] for r in here.values())
+        best = next(r for r in here.values() if r["best"])  # the chain's own upper bound
         out["depths"][str(L)] = {
-            "best_gap": best, "converged": any(r["converged"] for r in here.values()
-                                               if r["gap"] == best),
+            "best_gap": best["gap"], "converged": best["converged"],
             **{f"{k}_gap": here[k]["gap"] for k in here},
             "split_from": here.get("split", {}).get("split_from"),
             "continued_from": here.get("continued", {}).get("continued_from")}

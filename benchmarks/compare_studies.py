@@ -20,9 +20,10 @@ by a few percent (docs/training.md, section 6).
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,18 +33,15 @@ KEY = ["row", "depth", "seed"]
 
 def load(source: str) -> Any:
     """The wide table (one row per run) of a sweep folder, a CSV file or ``git:REV:PATH``."""
-    import pandas as pd
-
     from gufm.experiments.table import load_table, wide_table
 
     if source.startswith("git:"):
         _, rev, path = source.split(":", 2)
         text = subprocess.run(["git", "show", f"{rev}:{path}"], check=True, capture_output=True,
                               text=True).stdout
-        df = pd.read_csv(io.StringIO(text), keep_default_na=False)
-        df["value"] = pd.to_numeric(df["value"], errors="coerce")
-        for c in ("depth", "seed"):
-            df[c] = pd.to_numeric(df[c]).astype("int64")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "results.csv").write_text(text)
+            df = load_table(tmp)
     else:
         df = load_table(source)
     if df.empty:

@@ -296,7 +296,7 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
         if lams is not None:
             lam_L = float(lams[L])
         run = dict(kw, keep_pre_limit=True)
-        here: list[tuple[str, dict[str, Any], nn.Module, nn.Module | None]] = []
+        here: list[tuple[str, dict[str, Any], nn.Module | None, nn.Module | None]] = []
         t0 = time.perf_counter()
         if i == 0 or (fresh and (fresh_max_depth is None or L <= fresh_max_depth)):
             m = model_for(ds, arch, L, width, seed=int(seed), **model_kw)
@@ -312,12 +312,13 @@ def continuation_chain(arch: str, depths: Sequence[int], width: int, dataset: An
             order = sorted(range(len(splits)), key=lambda j: splits[j][0]["e2e_objective"])
             j = order[0]
             split_out = splits[j][0] | {"split_from": prev[j][0]}
-            here.append(("split", split_out, splits[j][1], None))
+            here.append(("split", split_out, None, None))
             here[-1][1]["seconds"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             conts = []
             for k in order if continue_from == "both" else order[:1]:
-                out, m, pre = _train_compare(deepen(prev[k][1], L), ds, lam=lam_L, loss=loss,
+                # the split network itself (compare evaluates a copy, so it is untouched)
+                out, m, pre = _train_compare(splits[k][1], ds, lam=lam_L, loss=loss,
                                              lr=c_lr, epochs=cont, seed=seed, device=device,
                                              **run)
                 conts.append((out | {"continued_from": prev[k][0]}, m, pre))

@@ -244,7 +244,7 @@ def sandwich_section(wide: Any, rows: Sequence[str]) -> list[str]:
             sp = sp[np.isfinite(sp)]
             if sp.size:
                 out.append(f"- split networks deepened from a network before its singular-limit "
-                           f"polish (it split lower): {int(sp.sum())} of {sp.size}")
+                           f"polish: {int(sp.sum())} of {sp.size}")
         tail = [v for v in local[-2:] if math.isfinite(v)]
         if tail and max(tail) > 0:
             out.append("- **FLAG: the gap grows with depth** (local slopes at the deepest "
