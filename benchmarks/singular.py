@@ -3,6 +3,7 @@
     python -m benchmarks.singular [--depths 2 8] [--newton-iters 100]
                                   [--out benchmarks/results/study/singular.json]
     python -m benchmarks.singular --limit-budget 16 5000 [--out FILE.json]
+    python -m benchmarks.singular --kinks 8 3000 [--out FILE.json]
 
 The closing-note setup (L-RN1, digits, width 32, 30 per class, lam = 0.005, seed 0, all
 defaults: 1000 Adam epochs + 1000 L-BFGS iterations, ``polish_limit=False``: the L-BFGS
@@ -38,6 +39,13 @@ objective, gradient norm).  A freed sample is held about the realised step off t
 representation regains the others' scale over the next few blocks (about 300x per block at
 ``ln_eps = 1e-5``), its direction unchanged (every block preserves a sample's direction up to scale):
 small ratios at calls 1 to 3 are that regime, not another singular set.
+
+``--kinks L EXTRA`` (:func:`kinks`) asks whether relu kinks keep the limit gradient up: on the
+singular limit of the same trained network, before and after ``EXTRA`` more limit-polish
+iterations, the relu inputs within 1e-2 ... 1e-8 of their kink relative to their row
+(:func:`gufm.deep.kinks.relu_kinks`, against the count a flat density would give) and, for
+deltas 1e-6 ... 1e-3, the smallest limit gradient over the derivatives in [0, 1] of the entries
+within delta of their kink (:func:`gufm.deep.kinks.kink_subgradient`).
 """
 
 from __future__ import annotations
@@ -268,6 +276,69 @@ def limit_budget(depth: int, extra: int) -> dict[str, Any]:
                                 for t in trace[:: max(1, len(trace) // 20)]]}}
 
 
+def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
+          ) -> dict[str, Any]:
+    """Train the closing-note setup at ``depth`` with the defaults; on its singular limit
+    (:func:`gufm.deep.singular_limit.limit_network`), before and after ``extra`` more
+    limit-polish iterations: the relu inputs near their kink
+    (:func:`gufm.deep.kinks.relu_kinks`, with the flat-density expectation) and, for each
+    ``delta``, the smallest limit gradient over the derivatives of the entries within
+    ``delta`` of their kink (:func:`gufm.deep.kinks.kink_subgradient`)."""
+    import copy
+
+    import torch
+
+    from gufm.deep.data import load_dataset
+    from gufm.deep.kinks import kink_subgradient, relu_kinks
+    from gufm.deep.nets import model_for
+    from gufm.deep.singular_limit import limit_network, limit_polish
+    from gufm.deep.training import train
+
+    torch.set_num_threads(1)
+    ds = load_dataset("digits", n_per_class=30, seed=0)
+    X, y = ds.X.double(), ds.y
+    model = model_for(ds, "rn1", depth, 32, seed=0)
+    t0 = time.perf_counter()
+    tr = train(model, ds, lam=0.005, seed=0, progress=False)
+    t1 = time.perf_counter()
+
+    def measure(samples: Any) -> dict[str, Any]:
+        m = copy.deepcopy(model)
+        with limit_network(m, X, samples) as (net, groups):
+            k = relu_kinks(net, X)
+            subs = []
+            for d in deltas:
+                r = kink_subgradient(net, X, y, lam=0.005, groups=groups, delta=d)
+                subs.append({"delta": d, "pairs": r.pairs, "grad_norm": r.grad_norm,
+                             "min_norm": r.min_norm, "checked_norm": r.checked_norm,
+                             "switched": r.switched})
+                print(f"  delta {d:g}: {r.pairs} entries, limit gradient {r.grad_norm:.3e} -> "
+                      f"{r.checked_norm:.3e} (linearised {r.min_norm:.3e})", flush=True)
+        print("  relu inputs within t of their kink: " + ", ".join(
+            f"{t:g}: {c} (flat {e:.1f})" for t, c, e in zip(k.thresholds, k.counts, k.expected,
+                                                             strict=True)), flush=True)
+        return {"thresholds": list(k.thresholds), "counts": list(k.counts),
+                "expected": list(k.expected), "per_call": [list(c) for c in k.per_call],
+                "total": k.total, "subgradient": subs}
+
+    if not tr.limit_samples:
+        raise RuntimeError(f"depth {depth}: no singular limit was kept ({tr.stop_reason})")
+    print(f"L={depth}: trained in {t1 - t0:.0f} s, limit of samples {tr.limit_samples}, "
+          f"limit gradient {tr.limit_grad_norm:.3e}", flush=True)
+    before = measure(tr.limit_samples)
+    lp = limit_polish(model, ds.X, ds.y, lam=0.005, max_iter=extra)
+    print(f"{extra} more limit-polish iterations: {lp.describe(1e-4)}", flush=True)
+    after = measure(lp.samples) if lp.accepted else None
+    return {"depth": depth, "extra_iterations": extra, "train_seconds": t1 - t0,
+            "seconds": time.perf_counter() - t0,
+            "trained": {"limit_samples": list(tr.limit_samples),
+                        "limit_grad_norm": tr.limit_grad_norm, "kinks": before},
+            "extra": {"accepted": lp.accepted, "samples": list(lp.samples),
+                      "decrease": lp.start_objective - lp.objective,
+                      "limit_grad_norm": None if lp.limit is None else lp.limit.grad_norm,
+                      "kinks": after}}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks._common import machine, write_json
 
@@ -277,8 +348,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="iterations of the trust-region Newton probe (default 100)")
     ap.add_argument("--limit-budget", type=int, nargs=2, default=None, metavar=("L", "EXTRA"),
                     help="instead: train depth L, then EXTRA more singular-limit iterations")
+    ap.add_argument("--kinks", type=int, nargs=2, default=None, metavar=("L", "EXTRA"),
+                    help="instead: train depth L, measure the relu kinks at its singular limit "
+                         "before and after EXTRA more limit-polish iterations")
     ap.add_argument("--out", default=None, help="write the JSON here")
     a = ap.parse_args(argv)
+    if a.kinks is not None:
+        res = kinks(*a.kinks)
+        payload = {"benchmark": "singular-kinks", "machine": machine(), "result": res}
+        write_json(payload, a.out)
+        return payload
     if a.limit_budget is not None:
         res = limit_budget(*a.limit_budget)
         print(json.dumps(res, indent=1), flush=True)

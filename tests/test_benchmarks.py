@@ -395,3 +395,43 @@ def test_chain_rules_runs_every_rule_on_the_same_row(tmp_path: Path) -> None:
         assert d2["best_gap"] == min(d2["fresh_gap"], d2["split_gap"], d2["continued_gap"])
         assert d2["split_from"] in ("network", "pre-limit")
     assert json.loads((tmp_path / "c.json").read_text())["benchmark"] == "chain-rules"
+
+
+def test_kinks_benchmark_measures_the_limit_before_and_after(monkeypatch) -> None:
+    """``benchmarks.singular --kinks`` on a stub training that leaves sample 4 a step 1e-7
+    off the embedding's singular set (3 digits per class): both phases are measured on the
+    limit."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import gufm.deep.data as data
+    import gufm.deep.training as training
+    from benchmarks import singular
+
+    real = data.load_dataset
+    monkeypatch.setattr(data, "load_dataset", lambda name, n_per_class, seed: real(
+        name, n_per_class=3, seed=seed))
+
+    def stub(model, ds, **_kw):
+        model.double()
+        E = model.embed.E.weight
+        x = ds.X.double().reshape(ds.X.shape[0], -1)[4]
+        with torch.no_grad():
+            u = E @ x
+            E.sub_(torch.outer(u - u.mean(), x) / (x @ x))  # sample 4 on the set ...
+            v = torch.randn(E.shape[0], dtype=E.dtype, generator=torch.Generator().manual_seed(0))
+            E.add_(1e-7 * float(E.norm()) * torch.outer(v - v.mean(), x) / (x @ x))  # ... near
+        return SimpleNamespace(limit_samples=(4,), limit_grad_norm=1.0, stop_reason="stub")
+
+    monkeypatch.setattr(training, "train", stub)
+    out = singular.kinks(1, 5, deltas=(1e-2,))
+    for phase in ("trained", "extra"):
+        k = out[phase]["kinks"]
+        assert k["total"] == 30 * 32 and len(k["counts"]) == len(k["thresholds"]) == 7
+        assert all(a >= b for a, b in zip(k["counts"][:-1], k["counts"][1:], strict=True))
+        (sub,) = k["subgradient"]
+        assert sub["delta"] == 1e-2 and sub["min_norm"] <= sub["grad_norm"] * (1 + 1e-9)
+        assert sub["pairs"] == k["counts"][0]  # delta = the largest threshold, 1e-2
+    assert out["extra"]["accepted"] and out["extra"]["samples"] == [4]
+    assert out["extra"]["decrease"] >= 0

@@ -13,7 +13,8 @@ condition on the embedding) can be given almost any feature.  Measured on L-RN1 
 width 32, N = 300, defaults; ``python -m benchmarks.singular``): at L = 2 and L = 8 one
 sample's centred embedding is 1.7e-6 and 4.8e-6 of the median, the curvature of the objective
 along the gradient is 1.7e8 and 6.3e6, and the L-BFGS polish stops with a gradient norm of
-2e-3 and 7e-4 at no ReLU kink (no relu input is within 1e-8 of 0 relative to its sample).
+2e-3 and 7e-4 with no relu input within 1e-8 of its kink relative to its sample (the kinks
+matter later, on the singular limit: :mod:`gufm.deep.kinks`).
 
 :func:`layernorm_margin` measures it: for every LayerNorm call of a forward pass, each input
 row's centred norm divided by the median over the rows of that call; the smallest ratio, the

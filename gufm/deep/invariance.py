@@ -175,10 +175,12 @@ def shrink_groups(groups: list[list[nn.Parameter]], lam: float, target: float) -
     return min([shrink_invariant(g, lam, target) for g in groups], default=1.0)
 
 
-def reduced_grad_sq(model: nn.Module, groups: list[list[nn.Parameter]]) -> tuple[float, float]:
-    r"""From the ``.grad`` of :math:`\mathcal L^\star` (groups' penalties excluded): the squared
-    norms of the rest's gradient and of the projected groups' gradients :math:`\sum_G\lVert
-    g_G\rVert^2` at the representative (module docstring).
+def reduced_gradient(model: nn.Module, groups: list[list[nn.Parameter]]
+                     ) -> tuple[Tensor, Tensor]:
+    r"""From the ``.grad`` of :math:`\mathcal L^\star` (groups' penalties excluded): the
+    reduced gradient (module docstring) as two flat vectors, the rest's gradient (every
+    parameter outside the groups, in ``model.parameters()`` order) and the groups' projected
+    gradients :math:`g_G` at the representative (the groups in order).
 
     Examples
     --------
@@ -187,24 +189,46 @@ def reduced_grad_sq(model: nn.Module, groups: list[list[nn.Parameter]]) -> tuple
     >>> m.weight.grad = torch.tensor([[1.0, 1.0]])
     >>> with torch.no_grad():
     ...     _ = m.weight.copy_(torch.tensor([[2.0, 0.0]]))
-    >>> reduced_grad_sq(m, [[m.weight]])  # projected: (0, 1), times |theta| / 2 = 1
-    (0.0, 1.0)
+    >>> rest, inv = reduced_gradient(m, [[m.weight]])  # projected: (0, 1), times |theta| / 2
+    >>> rest.numel(), inv.tolist()
+    (0, [0.0, 1.0])
     """
     ids = {id(p) for g in groups for p in g}
-    rest = float(sum(float((p.grad**2).sum()) for p in model.parameters()
-                     if p.grad is not None and id(p) not in ids))
+    params = list(model.parameters())
+    dtype = params[0].dtype if params else torch.float64
+    rest = [p.grad.reshape(-1) for p in params if p.grad is not None and id(p) not in ids]
     ref = reference_norm(model)
-    inv = 0.0
+    inv: list[Tensor] = []
     for g in groups:
         n2 = group_norm(g) ** 2
-        if n2 == 0:
-            continue
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in g]
+        if n2 == 0:
+            inv += [torch.zeros_like(gr).reshape(-1) for gr in grads]
+            continue
         dot = sum(float((gr * p.detach()).sum()) for gr, p in zip(grads, g, strict=True))
-        proj = sum(float(((gr - (dot / n2) * p.detach()) ** 2).sum())
-                   for gr, p in zip(grads, g, strict=True))
-        inv += proj * n2 / ref**2
-    return rest, inv
+        inv += [((gr - (dot / n2) * p.detach()) * (math.sqrt(n2) / ref)).reshape(-1)
+                for gr, p in zip(grads, g, strict=True)]
+
+    def cat(parts: list[Tensor]) -> Tensor:
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+
+    return cat(rest), cat(inv)
+
+
+def reduced_grad_sq(model: nn.Module, groups: list[list[nn.Parameter]]) -> tuple[float, float]:
+    r"""The squared norms of :func:`reduced_gradient`'s two parts: the rest's gradient and
+    :math:`\sum_G\lVert g_G\rVert^2` at the representative (module docstring).
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = torch.nn.Linear(1, 1)  # no group: everything is the rest
+    >>> m.weight.grad, m.bias.grad = torch.tensor([[3.0]]), torch.tensor([4.0])
+    >>> reduced_grad_sq(m, [])
+    (25.0, 0.0)
+    """
+    rest, inv = reduced_gradient(model, groups)
+    return float((rest.double() ** 2).sum()), float((inv.double() ** 2).sum())
 
 
 def gradient_norms(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: str = "ce",

@@ -56,8 +56,9 @@ objective extended to the closure of the parameter space.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -70,8 +71,8 @@ from gufm.deep.conditioning import LN_MARGIN_FLAG, layernorm_ratios
 from gufm.deep.invariance import invariant_groups, reference_norm
 from gufm.deep.objective import chunks, data_loss, full_objective, param_penalty
 
-__all__ = ["LimitPolishResult", "SingularLimit", "embedding_margins", "limit_polish",
-           "singular_limit"]
+__all__ = ["LimitPolishResult", "SingularLimit", "embedding_margins", "limit_network",
+           "limit_polish", "singular_limit"]
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,78 @@ class _LimitNet(nn.Module):
             handle.remove()
 
 
+@contextlib.contextmanager
+def limit_network(model: nn.Module, X: Tensor, samples: Sequence[int],
+                  directions: Sequence[Tensor] | None = None
+                  ) -> Iterator[tuple[nn.Module, list[list[nn.Parameter]]]]:
+    r"""The limit objective's network at ``samples`` (module docstring), for a ResNet on flat
+    input near that limit.
+
+    On entry the embedding moves onto the condition :math:`PEX_S = 0` (its orthogonal
+    projection) and is parametrised on it (:func:`torch.nn.utils.parametrize.
+    register_parametrization`); each freed sample's embedding output is replaced by a free
+    direction :math:`v_s`, by default its current centred embedding scaled to the reference
+    norm (so a network close to the limit keeps its objective up to :math:`O(\lVert c_s\rVert)`).
+    Yields ``(net, groups)``: the limit network (its parameters those of ``model`` plus the
+    :math:`v_s`) and its scale-invariant groups (the embedding, each :math:`v_s`), what
+    :func:`gufm.deep.polish.polish` and :func:`gufm.deep.kinks.kink_subgradient` take.  On exit
+    the parametrisation is removed, ``model``'s embedding left on the condition (exactly on the
+    singular set: :func:`limit_polish` realises it as a network afterwards).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A ResNet on flat input (:func:`applies`), float64; changed in place.
+    X : Tensor
+        All inputs (freed inputs are recognised among them).
+    samples : sequence of int
+        The freed samples :math:`S` (inputs linearly independent).
+    directions : sequence of Tensor, optional
+        :math:`v_s` for each sample, shape ``(width,)``; required for a sample whose
+        centred embedding is 0 to rounding (:math:`\le 10^{-12}\lVert E\rVert\lVert
+        x_s\rVert`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gufm.deep.nets import make_model
+    >>> m = make_model("rn1", 1, 6, (1, 2, 2), 2, seed=0).double()
+    >>> X = torch.randn(5, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> with limit_network(m, X, [3]) as (net, groups):
+    ...     len(groups), tuple(net(X).shape)
+    (2, (5, 2))
+    >>> float(embedding_margins(m, X)[3]) < 1e-12  # sample 3 is now on the singular set
+    True
+    """
+    if not applies(model):
+        raise ValueError("limit_network covers ResNets on flat input (FlatEmbedding) only")
+    S = _check_samples(list(samples), X.shape[0])
+    flat = X.reshape(X.shape[0], -1).to(model.embed.E.weight.dtype)
+    layer = model.embed.E
+    if directions is None:
+        with torch.no_grad():
+            C = layer.weight @ flat[list(S)].T
+            C = C - C.mean(dim=0)
+            norms = C.norm(dim=0)
+            scale = float(layer.weight.norm()) * flat[list(S)].norm(dim=1)
+            if bool((norms <= 1e-12 * scale).any()):  # rounding: no direction to read
+                raise ValueError("a sample's centred embedding is 0 to rounding: pass its "
+                                 "direction in directions")
+            directions = list((C * (reference_norm(model) / norms)).T)
+    if len(directions) != len(S):
+        raise ValueError(f"directions: {len(directions)} for {len(S)} samples")
+    B, _ = _dual_basis(flat, S)
+    on_condition = _OnCondition(flat[list(S)].T, B)
+    with torch.no_grad():
+        layer.weight.copy_(on_condition(layer.weight))
+    parametrize.register_parametrization(layer, "weight", on_condition)
+    try:
+        net = _LimitNet(model, flat[list(S)], [d.detach().clone() for d in directions])
+        yield net, [[layer.parametrizations.weight.original], *[[v] for v in net.v]]
+    finally:
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+
+
 @dataclass(frozen=True)
 class LimitPolishResult:
     r"""Outcome of :func:`limit_polish`.
@@ -529,21 +602,12 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
             C = C - C.mean(dim=0)
             V += [C[:, j] * (ref / C[:, j].norm()) for j in range(len(new))]
         S += new
-        B, _ = _dual_basis(flat, tuple(S))
-        on_condition = _OnCondition(flat[S].T, B)
-        with torch.no_grad():
-            layer.weight.copy_(on_condition(layer.weight))
-        parametrize.register_parametrization(layer, "weight", on_condition)
-        net = _LimitNet(model, flat[S], V)
-        try:
-            lim_groups = [[layer.parametrizations.weight.original], *[[v] for v in net.v]]
+        with limit_network(model, X, S, V) as (net, lim_groups):
             pr = polish(net, X, y, lam=lam, loss=loss, groups=lim_groups, max_iter=max_iter,
                         gtol=gtol, history_size=history_size, chunk_size=chunk_size,
                         record=None if record is None else
                         (lambda rec: record({**rec, "phase": "limit"})))
-        finally:
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-        V = [v.detach().clone() for v in net.v]
+            V = [v.detach().clone() for v in net.v]
         iterations += pr.iterations
         rounds += 1
         reasons.append(f"sample{'s' * (len(new) > 1)} {', '.join(map(str, new))} freed: "
@@ -551,7 +615,8 @@ def limit_polish(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, loss: st
     if not S:
         return LimitPolishResult((), f0, f0, 0, None, 0.0, False,
                                  f"no sample within {flag:g} of the singular set at the embedding")
-    with torch.no_grad():  # B: the last round's, of the final S
+    B, _ = _dual_basis(flat, tuple(S))
+    with torch.no_grad():
         E_lim = layer.weight.detach().clone()
         Vhat = torch.stack([v / v.norm() for v in V], dim=1)  # (w, k)
         direction = (Vhat * flat[S].norm(dim=1)) @ B.T * float(E_lim.norm())

@@ -365,3 +365,38 @@ def test_train_keeps_the_network_before_the_limit_polish(monkeypatch):
     model2 = _setup("rn1", samples=S2)[0]
     r2 = training.train(model2, (X, y), lam=LAM, epochs=0, polish_steps=40, progress=False)
     assert r2.pre_limit_model is None and r2.objective == r.objective
+
+
+@pytest.mark.parametrize("samples", [(S,), S2])
+def test_limit_network_is_the_limit_whose_gradient_singular_limit_states(samples):
+    """The network :func:`limit_network` yields (what the limit polish minimises and the kink
+    measure differentiates) has the objective of the network near the limit and, by autograd
+    and the reduced gradient, exactly the parts of :func:`singular_limit`'s limit gradient."""
+    from gufm.deep.invariance import reduced_gradient
+    from gufm.deep.singular_limit import embedding_margins, limit_network
+
+    model, X, y, _, _ = _setup("rn1", samples=samples)
+    lim = singular_limit(model, X, y, lam=LAM, samples=samples)
+    f_near = full_objective(model, X, y, lam=LAM, exclude=frozenset({id(model.embed.E.weight)}))
+    with limit_network(model, X, samples) as (net, groups):
+        assert len(groups) == 1 + len(samples)
+        exclude = frozenset(id(p) for g in groups for p in g)
+        net.zero_grad(set_to_none=True)
+        f_lim = full_objective(net, X, y, lam=LAM, backward=True, exclude=exclude)
+        rest, inv = reduced_gradient(net, groups)
+        k = groups[0][0].numel()
+    assert f_lim["objective"] == pytest.approx(f_near["objective"], abs=1e-6)
+    assert float(rest.norm()) == pytest.approx(lim.rest, rel=1e-5)
+    assert float(inv[:k].norm()) == pytest.approx(lim.embedding, rel=1e-5)
+    assert float(inv[k:].norm()) == pytest.approx(lim.direction, rel=1e-5)
+    assert lim.embedding > 1e-6 and lim.direction > 1e-6
+    assert not hasattr(model.embed.E, "parametrizations")  # removed on exit ...
+    assert float(embedding_margins(model, X)[list(samples)].max()) < 1e-12  # ... E on it
+
+
+def test_limit_network_refuses_a_sample_exactly_on_the_set_without_a_direction():
+    from gufm.deep.singular_limit import limit_network
+
+    model, X, *_ = _setup("rn1", t=0.0)
+    with pytest.raises(ValueError, match="direction"), limit_network(model, X, [S]):
+        pass

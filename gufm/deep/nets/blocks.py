@@ -92,6 +92,74 @@ def _record(x: Tensor) -> None:
         norms.append(torch.linalg.vector_norm(xc, dim=-1))
 
 
+#: per thread: ``.inputs`` (a list: every relu call of that thread appends its detached input)
+#: and ``.slopes`` (``{call: (mask, value)}``: the derivative taken at those entries), read by
+#: :func:`relu`
+_RELU = threading.local()
+
+
+@contextlib.contextmanager
+def record_relu_inputs(slopes: dict[int, tuple[Tensor, Tensor]] | None = None
+                       ) -> Iterator[list[Tensor]]:
+    r"""Collect the input of every relu call inside the blocks (detached, in call order), and
+    optionally choose the relu's derivative at some entries: what :mod:`gufm.deep.kinks` reads.
+
+    Parameters
+    ----------
+    slopes : dict, optional
+        ``{call: (mask, value)}``: at call ``call`` (its index in the forward pass), the
+        entries where the boolean ``mask`` is set are computed as :math:`z\,s` with the given
+        ``value`` :math:`s\in[0, 1]` (a tensor broadcast to the masked entries) instead of
+        :math:`\mathrm{relu}(z) = z\,\mathbf 1[z > 0]`.  At a kink (:math:`z = 0`) the value
+        is unchanged and the gradient is the one-sided derivative :math:`s` (any element of
+        the subdifferential :math:`[0, 1]`); elsewhere the value moves by
+        :math:`z\,(s - \mathbf 1[z>0])`.  ``value`` broadcasts to the input's shape (a
+        scalar, or a full tensor of which the masked entries are used).
+
+    Only the calling thread's calls are affected.
+
+    Examples
+    --------
+    >>> import torch
+    >>> z = torch.tensor([[0.0, -1.0, 2.0]], requires_grad=True)
+    >>> with record_relu_inputs({0: (torch.tensor([[True, False, False]]), torch.tensor(1.0))}
+    ...                         ) as inputs:
+    ...     relu(z).sum().backward()
+    >>> inputs[0].tolist(), z.grad.tolist()
+    ([[0.0, -1.0, 2.0]], [[1.0, 0.0, 1.0]])
+    """
+    previous = (getattr(_RELU, "inputs", None), getattr(_RELU, "slopes", None))
+    _RELU.inputs = inputs = []
+    _RELU.slopes = slopes or {}
+    try:
+        yield inputs
+    finally:
+        _RELU.inputs, _RELU.slopes = previous
+
+
+def relu(x: Tensor) -> Tensor:
+    r""":func:`torch.relu`, recorded (and its derivative chosen at given entries) inside
+    :func:`record_relu_inputs`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> relu(torch.tensor([-1.0, 0.5])).tolist()
+    [0.0, 0.5]
+    """
+    inputs = getattr(_RELU, "inputs", None)
+    if inputs is None:
+        return torch.relu(x)
+    call = len(inputs)
+    inputs.append(x.detach())
+    chosen = _RELU.slopes.get(call)
+    if chosen is None:
+        return torch.relu(x)
+    mask, value = chosen
+    s = torch.where(mask, value.to(x.dtype), (x > 0).to(x.dtype))
+    return x * s
+
+
 def sphere_layernorm(x: Tensor, radius: float | None = None) -> Tensor:
     r"""Affine-free LayerNorm with ``eps = 0``: :math:`\rho (x - \bar x)/\lVert x - \bar x\rVert`.
 
@@ -193,8 +261,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.layers == 1:
-            return self.V(torch.relu(x))
-        return self.V2(torch.relu(self.V1(x)))
+            return self.V(relu(x))
+        return self.V2(relu(self.V1(x)))
 
 
 class Attention(nn.Module):
