@@ -3,7 +3,7 @@
     python -m benchmarks.singular [--depths 2 8] [--newton-iters 100]
                                   [--out benchmarks/results/study/singular.json]
     python -m benchmarks.singular --limit-budget 16 5000 [--out FILE.json]
-    python -m benchmarks.singular --kinks 8 3000 [--out FILE.json]
+    python -m benchmarks.singular --kinks 8 3000 [--arch rn2] [--out FILE.json]
 
 The closing-note setup (L-RN1, digits, width 32, 30 per class, lam = 0.005, seed 0, all
 defaults: 1000 Adam epochs + 1000 L-BFGS iterations, ``polish_limit=False``: the L-BFGS
@@ -276,9 +276,10 @@ def limit_budget(depth: int, extra: int) -> dict[str, Any]:
                                 for t in trace[:: max(1, len(trace) // 20)]]}}
 
 
-def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
-          ) -> dict[str, Any]:
-    """Train the closing-note setup at ``depth`` with the defaults; on its singular limit
+def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3),
+          arch: str = "rn1", max_pairs: int = 2000) -> dict[str, Any]:
+    """Train the closing-note setup at ``depth`` with the defaults (``arch="rn2"``: the same
+    with L-RN2); on its singular limit
     (:func:`gufm.deep.singular_limit.limit_network`), before and after ``extra`` more
     limit-polish iterations: the relu inputs near their kink
     (:func:`gufm.deep.kinks.relu_kinks`, with the flat-density expectation) and, for each
@@ -297,7 +298,7 @@ def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4,
     torch.set_num_threads(1)
     ds = load_dataset("digits", n_per_class=30, seed=0)
     X, y = ds.X.double(), ds.y
-    model = model_for(ds, "rn1", depth, 32, seed=0)
+    model = model_for(ds, arch, depth, 32, seed=0)
     t0 = time.perf_counter()
     tr = train(model, ds, lam=0.005, seed=0, progress=False)
     t1 = time.perf_counter()
@@ -308,7 +309,8 @@ def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4,
             k = relu_kinks(net, X)
             subs = []
             for d in deltas:
-                r = kink_subgradient(net, X, y, lam=0.005, groups=groups, delta=d)
+                r = kink_subgradient(net, X, y, lam=0.005, groups=groups, delta=d,
+                                     max_pairs=max_pairs)
                 subs.append({"delta": d, "pairs": r.pairs, "grad_norm": r.grad_norm,
                              "min_norm": r.min_norm, "checked_norm": r.checked_norm,
                              "switched": r.switched})
@@ -317,7 +319,13 @@ def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4,
         print("  relu inputs within t of their kink: " + ", ".join(
             f"{t:g}: {c} (flat {e:.1f})" for t, c, e in zip(k.thresholds, k.counts, k.expected,
                                                              strict=True)), flush=True)
-        return {"thresholds": list(k.thresholds), "counts": list(k.counts),
+        # hidden units switched off (L-RN2: a row of V1 at most 1e-6 of the largest row): each
+        # puts all N of its relu inputs at the kink
+        dead = [int((mod.V1.weight.norm(dim=1) <= 1e-6 * mod.V1.weight.norm(dim=1).max()).sum())
+                for mod in m.modules() if getattr(mod, "layers", 1) == 2 and hasattr(mod, "V1")]
+        if dead:
+            print(f"  hidden units switched off per block: {dead}", flush=True)
+        return {"thresholds": list(k.thresholds), "counts": list(k.counts), "dead_units": dead,
                 "expected": list(k.expected), "per_call": [list(c) for c in k.per_call],
                 "total": k.total, "subgradient": subs}
 
@@ -329,8 +337,8 @@ def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4,
     lp = limit_polish(model, ds.X, ds.y, lam=0.005, max_iter=extra)
     print(f"{extra} more limit-polish iterations: {lp.describe(1e-4)}", flush=True)
     after = measure(lp.samples) if lp.accepted else None
-    return {"depth": depth, "extra_iterations": extra, "train_seconds": t1 - t0,
-            "seconds": time.perf_counter() - t0,
+    return {"arch": arch, "depth": depth, "extra_iterations": extra,
+            "train_seconds": t1 - t0, "seconds": time.perf_counter() - t0,
             "trained": {"limit_samples": list(tr.limit_samples),
                         "limit_grad_norm": tr.limit_grad_norm, "kinks": before},
             "extra": {"accepted": lp.accepted, "samples": list(lp.samples),
@@ -351,10 +359,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--kinks", type=int, nargs=2, default=None, metavar=("L", "EXTRA"),
                     help="instead: train depth L, measure the relu kinks at its singular limit "
                          "before and after EXTRA more limit-polish iterations")
+    ap.add_argument("--deltas", type=float, nargs="+", default=[1e-6, 1e-5, 1e-4, 1e-3],
+                    help="--kinks only: the deltas of the subgradient (default 1e-6 ... 1e-3)")
+    ap.add_argument("--max-pairs", type=int, default=2000,
+                    help="--kinks only: refuse more inputs within delta (default 2000)")
+    ap.add_argument("--arch", default="rn1", choices=("rn1", "rn2"),
+                    help="--kinks only: the architecture (default rn1, the closing-note setup)")
     ap.add_argument("--out", default=None, help="write the JSON here")
     a = ap.parse_args(argv)
     if a.kinks is not None:
-        res = kinks(*a.kinks)
+        res = kinks(*a.kinks, deltas=tuple(a.deltas), arch=a.arch, max_pairs=a.max_pairs)
         payload = {"benchmark": "singular-kinks", "machine": machine(), "result": res}
         write_json(payload, a.out)
         return payload
