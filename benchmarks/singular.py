@@ -292,7 +292,7 @@ def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4,
     from gufm.deep.data import load_dataset
     from gufm.deep.kinks import kink_subgradient, relu_kinks
     from gufm.deep.nets import model_for
-    from gufm.deep.singular_limit import limit_network, limit_polish
+    from gufm.deep.singular_limit import limit_network, limit_polish, singular_limit
     from gufm.deep.training import train
 
     torch.set_num_threads(1)
@@ -331,20 +331,32 @@ def kinks(depth: int, extra: int, deltas: tuple[float, ...] = (1e-6, 1e-5, 1e-4,
 
     if not tr.limit_samples:
         raise RuntimeError(f"depth {depth}: no singular limit was kept ({tr.stop_reason})")
+
+    def parts(samples: Any) -> dict[str, float]:
+        """Where the limit gradient lives (:class:`gufm.deep.singular_limit.SingularLimit`)."""
+        lim = singular_limit(model, X, y, lam=0.005, samples=list(samples))
+        return {"grad_norm": lim.grad_norm, "rest": lim.rest, "embedding": lim.embedding,
+                "direction": lim.direction, "slope": lim.slope}
+
     print(f"L={depth}: trained in {t1 - t0:.0f} s, limit of samples {tr.limit_samples}, "
           f"limit gradient {tr.limit_grad_norm:.3e}", flush=True)
     before = measure(tr.limit_samples)
+    parts_before = parts(tr.limit_samples)
+    print(f"  limit gradient parts: {parts_before}", flush=True)
     lp = limit_polish(model, ds.X, ds.y, lam=0.005, max_iter=extra)
     print(f"{extra} more limit-polish iterations: {lp.describe(1e-4)}", flush=True)
     after = measure(lp.samples) if lp.accepted else None
+    parts_after = parts(lp.samples) if lp.accepted else None
+    print(f"  limit gradient parts: {parts_after}", flush=True)
     return {"arch": arch, "depth": depth, "extra_iterations": extra,
             "train_seconds": t1 - t0, "seconds": time.perf_counter() - t0,
             "trained": {"limit_samples": list(tr.limit_samples),
-                        "limit_grad_norm": tr.limit_grad_norm, "kinks": before},
+                        "limit_grad_norm": tr.limit_grad_norm, "kinks": before,
+                        "limit_parts": parts_before},
             "extra": {"accepted": lp.accepted, "samples": list(lp.samples),
                       "decrease": lp.start_objective - lp.objective,
                       "limit_grad_norm": None if lp.limit is None else lp.limit.grad_norm,
-                      "kinks": after}}
+                      "kinks": after, "limit_parts": parts_after}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

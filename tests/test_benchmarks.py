@@ -433,5 +433,8 @@ def test_kinks_benchmark_measures_the_limit_before_and_after(monkeypatch) -> Non
         (sub,) = k["subgradient"]
         assert sub["delta"] == 1e-2 and sub["min_norm"] <= sub["grad_norm"] * (1 + 1e-9)
         assert sub["pairs"] == k["counts"][0]  # delta = the largest threshold, 1e-2
+        p = out[phase]["limit_parts"]
+        assert p["grad_norm"] == pytest.approx(
+            (p["rest"] ** 2 + p["embedding"] ** 2 + p["direction"] ** 2) ** 0.5, rel=1e-9)
     assert out["extra"]["accepted"] and out["extra"]["samples"] == [4]
     assert out["extra"]["decrease"] >= 0
