@@ -124,10 +124,11 @@ def diagnose(depth: int, newton_iters: int = 100) -> dict[str, Any]:
     """Train one depth and measure it (module docstring)."""
     import torch
 
-    import gufm.deep.nets.blocks as B
     from gufm.deep.conditioning import layernorm_margin
     from gufm.deep.data import load_dataset
     from gufm.deep.invariance import invariant_groups, normalize_groups, reference_norm
+    from gufm.deep.kinks import relu_kinks
+    from gufm.deep.nets.blocks import record_relu_inputs
     from gufm.deep.objective import full_objective
     from gufm.deep.pipeline import train_and_compare
 
@@ -149,23 +150,13 @@ def diagnose(depth: int, newton_iters: int = 100) -> dict[str, Any]:
     keep["seconds"] = time.perf_counter() - t0
     model.double()
     X, y = ds.X.double(), ds.y
-    # relu inputs near 0, per sample and layer, and against the network's largest one
-    pre: list[torch.Tensor] = []
-    relu = B.torch.relu
-
-    def recording(x: torch.Tensor) -> torch.Tensor:
-        pre.append(x.detach())
-        return relu(x)
-
-    B.torch.relu = recording
-    try:
-        with torch.no_grad():
-            model(X)
-    finally:
-        B.torch.relu = relu
+    # relu inputs near 0, per sample and layer (gufm.deep.kinks), and against the network's
+    # largest one
+    near = relu_kinks(model, X, thresholds=(1e-6, 1e-8))
+    per_sample = dict(zip((1e-6, 1e-8), near.counts, strict=True))
+    with torch.no_grad(), record_relu_inputs() as pre:
+        model(X)
     whole = max(float(z.abs().max()) for z in pre)
-    per_sample = {t: sum(int((z.abs() <= t * z.abs().amax(1, keepdim=True)).sum()) for z in pre)
-                  for t in (1e-6, 1e-8)}
     global_count = {t: sum(int((z.abs() <= t * whole).sum()) for z in pre) for t in (1e-6, 1e-8)}
 
     groups = invariant_groups(model)
@@ -208,7 +199,7 @@ def diagnose(depth: int, newton_iters: int = 100) -> dict[str, Any]:
         "ln_margin": {"ratio": m.ratio, "sample": m.sample, "call": m.call, "calls": m.calls},
         "relu_near_zero_per_sample": {f"{k:g}": v for k, v in per_sample.items()},
         "relu_near_zero_vs_network_max": {f"{k:g}": v for k, v in global_count.items()},
-        "relu_inputs": sum(int(z.numel()) for z in pre),
+        "relu_inputs": near.total,
         "reduced_grad_norm": float(g.norm()),
         "curvature_along_gradient": (fp - 2 * f0 + fm) / t**2,
         "first_order_decrease_at_t": float(g.norm()) * t,
